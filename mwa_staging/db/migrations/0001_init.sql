@@ -62,11 +62,14 @@ CREATE TABLE job_files (
     error       text,
     updated_at  timestamptz,
     PRIMARY KEY (job, path)
-);
+) WITH (fillfactor = 85);
+-- fillfactor leaves room on each page so that marking a file ready (state and
+-- updated_at change, no indexed column does) is a HOT update: no index writes.
 -- The bridge finds every job holding an arrived path through this index.
 CREATE INDEX job_files_path ON job_files (path);
--- The failed-path sample in status reads only failed rows.
-CREATE INDEX job_files_failed ON job_files (job) WHERE state = 2;
+-- The failed-path sample in status reads only failed rows. Its predicate is on
+-- `error`, not `state`, so that the common pending -> ready update stays HOT.
+CREATE INDEX job_files_failed ON job_files (job) WHERE error IS NOT NULL;
 
 -- Every callback attempt, for people and for the status' callback block.
 CREATE TABLE callback_attempts (

@@ -1,0 +1,184 @@
+"""Every setting of the operator and the Kafka bridge, read once from the environment.
+
+One pydantic-settings object is built at start-up and passed to whatever needs
+it; nothing else reads ``os.environ``. Variable names follow the original
+deployment where one existed (``SCOUT_API_USER``, ``DBHOST``, ``KAFKA_SERVER``,
+``JOB_EXPIRY_TIME``...), so an existing configuration carries over. Secrets are
+``SecretStr``: their ``repr`` and ``str`` show ``**********``, so logging a
+settings object cannot leak them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Paths of the Scout REST API below its base URL (CONTRACTS.md section 1).
+SCOUT_PATHS = {
+    "login": "/v1/security/login",
+    "stage": "/v1/request/batchstage",
+    "cancel": "/v1/request/cancelbatchstage",
+    "query": "/v1/file",
+    "cachestate": "/v1/fscache",
+}
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the operator and the bridge (each uses its part)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # --- PostgreSQL -------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None, description="libpq URL; overrides the DB* variables."
+    )
+    dbuser: str = "mwa"
+    dbpassword: SecretStr = SecretStr("")
+    dbhost: str = "localhost"
+    dbport: int = 5432
+    dbname: str = "mwa_staging"
+
+    # --- Kubernetes -------------------------------------------------------
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig path; in-cluster config when unset."
+    )
+
+    # --- Scout API (through HAProxy) ---------------------------------------
+    scout_url: str = Field(
+        default="https://haproxy:8080",
+        description="Base URL of the Scout API front (HAProxy).",
+    )
+    scout_login_url: str | None = None
+    scout_stage_url: str | None = None
+    scout_cancel_url: str | None = None
+    scout_query_url: str | None = None
+    scout_cachestate_url: str | None = None
+    scout_api_user: str = ""
+    scout_api_password: SecretStr = SecretStr("")
+    scout_ca_file: str | None = Field(default=None, description="CA bundle for Scout's TLS.")
+    scout_tls_verify: bool = Field(
+        default=True, description="Verify Scout's TLS certificate. Turn off only knowingly."
+    )
+    scout_timeout_seconds: float = 30.0
+    scout_max_paths_per_call: int = Field(default=10_000, ge=1, le=10_000)
+    scout_retry_budget_seconds: float = Field(
+        default=120.0, description="How long transient Scout failures are retried."
+    )
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_server: str = Field(
+        default="localhost:9092",
+        validation_alias=AliasChoices("KAFKA_SERVER", "KAFKA_BOOTSTRAP"),
+    )
+    kafka_topic: str = "mwa-staging"
+    kafka_group: str = "mwa-staging-bridge"
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_SSL", "SSL", "SASL_PLAINTEXT"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_user: str = ""
+    kafka_password: SecretStr = SecretStr("")
+    kafka_ca: str | None = Field(default=None, description="CA file for the broker's TLS.")
+    kafka_tls_verify: bool = True
+
+    # --- MWA data_files service -------------------------------------------------
+    data_files_url: str = "http://ws.mwatelescope.org/metadata/data_files"
+    data_files_timeout_seconds: float = 60.0
+    data_files_attempts: int = Field(default=3, ge=1)
+
+    # --- Callback ----------------------------------------------------------
+    result_username: str = ""
+    result_password: SecretStr = SecretStr("")
+    callback_timeout_seconds: float = 60.0
+    callback_rate_per_minute: int = Field(default=200, ge=1)
+    callback_backoff_initial_seconds: float = 5.0
+    callback_backoff_max_seconds: float = 600.0
+    callback_give_up_seconds: float = Field(
+        default=7 * 86400, description="Stop retrying an undelivered callback after this long."
+    )
+    callback_ca_file: str | None = None
+    callback_tls_verify: bool = True
+    callback_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="If set, callbacks go only to these host names (others fail with 199).",
+    )
+
+    # --- Job lifecycle (defaults of the spec's optional fields) -------------
+    job_expiry_time: int = Field(
+        default=172_800, ge=1, description="Default activeDeadlineSeconds (seconds)."
+    )
+    file_restage_interval: int = Field(
+        default=21_600, ge=1, description="Default restageIntervalSeconds (seconds)."
+    )
+    scheduler_max_sleep_seconds: float = Field(
+        default=30.0, description="Longest the operator's scheduler sleeps without a wake-up."
+    )
+
+    # --- Kafka bridge ------------------------------------------------------
+    bridge_batch_size: int = Field(default=5000, ge=1)
+    bridge_batch_window_ms: int = Field(default=50, ge=1)
+    bridge_patch_interval_ms: int = Field(
+        default=500, ge=0, description="At most one status patch per job per this interval."
+    )
+    bridge_max_message_bytes: int = 65_536
+    bridge_malformed_keep: int = Field(default=10_000, ge=1)
+
+    # --- Process -----------------------------------------------------------
+    operator_http_port: int = 8080
+    bridge_http_port: int = 8081
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _fill_scout_urls(self) -> Settings:
+        """Derive each Scout endpoint from SCOUT_URL unless it was given explicitly."""
+        base = self.scout_url.rstrip("/")
+        for name, path in SCOUT_PATHS.items():
+            attr = f"scout_{name}_url"
+            if not getattr(self, attr):
+                setattr(self, attr, base + path)
+        return self
+
+    def dsn(self) -> str:
+        """The libpq connection string (contains the password: never log it)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        user = quote(self.dbuser, safe="")
+        password = quote(self.dbpassword.get_secret_value(), safe="")
+        return f"postgresql://{user}:{password}@{self.dbhost}:{self.dbport}/{self.dbname}"
+
+    def scout_verify(self) -> bool | str:
+        """The ``verify`` argument for httpx: a CA file, True, or False (opt-out)."""
+        if not self.scout_tls_verify:
+            return False
+        return self.scout_ca_file or True
+
+    def callback_verify(self) -> bool | str:
+        """The ``verify`` argument for callback requests."""
+        if not self.callback_tls_verify:
+            return False
+        return self.callback_ca_file or True
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings for the broker connection (shared by consumers and tools)."""
+        conf = {
+            "bootstrap.servers": self.kafka_server,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_user
+            conf["sasl.password"] = self.kafka_password.get_secret_value()
+        if self.kafka_security_protocol in ("SASL_SSL", "SSL"):
+            if self.kafka_ca:
+                conf["ssl.ca.location"] = self.kafka_ca
+            conf["enable.ssl.certificate.verification"] = (
+                "true" if self.kafka_tls_verify else "false"
+            )
+        return conf
+
+
+def load() -> Settings:
+    """Read the settings from the environment (call once, at start-up)."""
+    return Settings()
