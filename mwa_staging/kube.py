@@ -22,8 +22,13 @@ KIND = "StagingJob"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def api_client(kubeconfig: str | None) -> ApiClient:
-    """A client from a kubeconfig file, or from the pod's service account when None."""
+def api_client(kubeconfig: str | None, *, pool_maxsize: int | None = None) -> ApiClient:
+    """A client from a kubeconfig file, or from the pod's service account when None.
+
+    ``pool_maxsize`` sizes urllib3's connection pool: callers that use the client
+    from several threads at once set it to their thread count (the default of 4
+    would make extra threads open and drop connections).
+    """
     if kubeconfig:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(
@@ -32,6 +37,8 @@ def api_client(kubeconfig: str | None) -> ApiClient:
     else:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=configuration)
+    if pool_maxsize is not None:
+        configuration.connection_pool_maxsize = pool_maxsize
     return ApiClient(configuration)
 
 

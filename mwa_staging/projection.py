@@ -13,6 +13,7 @@ projected again. The lock does not block the bridge's row updates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg2.extensions import connection as Connection
@@ -56,14 +57,25 @@ def project_job(conn: Connection, jobs: StagingJobs, job_pk: int) -> Outcome:
 
 
 def project_dirty(
-    conn: Connection, jobs: StagingJobs, *, min_interval_s: float, limit: int = 200
+    conn: Connection,
+    jobs: StagingJobs,
+    *,
+    min_interval_s: float,
+    limit: int = 200,
+    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> int:
-    """Project every job whose status is behind (coalesced); return how many were patched."""
+    """Project every job whose status is behind (coalesced); return how many were patched.
+
+    ``on_outcome`` sees each job's :class:`Outcome` (the bridge counts them as metrics).
+    """
     with conn.cursor() as cur:
         dirty = q.dirty_jobs(cur, min_interval_s=min_interval_s, limit=limit)
     conn.commit()
     patched = 0
     for job_pk in dirty:
-        if project_job(conn, jobs, job_pk).patched:
+        outcome = project_job(conn, jobs, job_pk)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        if outcome.patched:
             patched += 1
     return patched

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     scout_retry_budget_seconds: float = Field(
         default=120.0, description="How long transient Scout failures are retried."
     )
+    scout_retry_initial_seconds: float = Field(
+        default=0.5, gt=0, description="First pause between retries of a failed Scout call."
+    )
+    scout_retry_max_seconds: float = Field(
+        default=15.0, gt=0, description="Longest pause between retries of a failed Scout call."
+    )
+    scout_status_concurrency: int = Field(
+        default=8, ge=1, description="File-status queries in flight at once (restage pass)."
+    )
 
     # --- Kafka -------------------------------------------------------------
     kafka_server: str = Field(
@@ -86,6 +95,9 @@ class Settings(BaseSettings):
     data_files_url: str = "http://ws.mwatelescope.org/metadata/data_files"
     data_files_timeout_seconds: float = 60.0
     data_files_attempts: int = Field(default=3, ge=1)
+    data_files_retry_seconds: float = Field(
+        default=2.0, ge=0, description="First pause between data_files attempts (doubles)."
+    )
 
     # --- Callback ----------------------------------------------------------
     result_username: str = ""
@@ -103,6 +115,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="If set, callbacks go only to these host names (others fail with 199).",
     )
+    callback_concurrency: int = Field(
+        default=20, ge=1, description="Callback POSTs in flight at once, across all jobs."
+    )
 
     # --- Job lifecycle (defaults of the spec's optional fields) -------------
     job_expiry_time: int = Field(
@@ -114,6 +129,24 @@ class Settings(BaseSettings):
     scheduler_max_sleep_seconds: float = Field(
         default=30.0, description="Longest the operator's scheduler sleeps without a wake-up."
     )
+    scheduler_batch: int = Field(
+        default=200, ge=1, description="Due items of one kind claimed per scheduler pass."
+    )
+    cancel_retry_seconds: float = Field(
+        default=60.0, gt=0, description="Pause before a failed Scout cancel is tried again."
+    )
+    restage_concurrency: int = Field(
+        default=4, ge=1, description="Jobs whose restage pass runs at once."
+    )
+
+    # --- Operator process ----------------------------------------------------
+    watch_namespace: str = Field(
+        default="",
+        description="Comma-separated namespaces the operator serves; empty: all namespaces.",
+    )
+    db_pool_size: int = Field(
+        default=6, ge=1, description="PostgreSQL connections the operator keeps for its work."
+    )
 
     # --- Kafka bridge ------------------------------------------------------
     bridge_batch_size: int = Field(default=5000, ge=1)
@@ -123,6 +156,21 @@ class Settings(BaseSettings):
     )
     bridge_max_message_bytes: int = 65_536
     bridge_malformed_keep: int = Field(default=10_000, ge=1)
+    bridge_auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a group without committed offsets starts (earliest: lose nothing).",
+    )
+    bridge_heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the bridge_heartbeat row is written."
+    )
+    bridge_unhealthy_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails once the broker or the database is unreachable this long.",
+    )
+    bridge_member: str | None = Field(
+        default=None, description="Heartbeat row name; default host name and process id."
+    )
 
     # --- Process -----------------------------------------------------------
     operator_http_port: int = 8080
@@ -147,6 +195,10 @@ class Settings(BaseSettings):
         user = quote(self.dbuser, safe="")
         password = quote(self.dbpassword.get_secret_value(), safe="")
         return f"postgresql://{user}:{password}@{self.dbhost}:{self.dbport}/{self.dbname}"
+
+    def watch_namespaces(self) -> list[str]:
+        """The namespaces of WATCH_NAMESPACE (empty list: every namespace)."""
+        return [ns.strip() for ns in self.watch_namespace.split(",") if ns.strip()]
 
     def scout_verify(self) -> bool | str:
         """The ``verify`` argument for httpx: a CA file, True, or False (opt-out)."""

@@ -1,0 +1,82 @@
+# Development entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+STACK_ROOT ?= .stack
+SERVICES ?= operator,kafka-bridge
+APT_PACKAGES := haproxy postgresql-15
+LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack
+PYTEST_ARGS ?=
+
+# The Go toolchain's usual home, for shells that do not have it on PATH.
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: help deps apt venv build up down status env lint format test demo bench
+
+help:
+	@echo "make deps|build|up|down|status|env|lint|format|test|demo|bench"
+
+## deps: Debian packages and the project virtualenv (quick when done)
+deps: apt venv
+
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	fi; \
+	command -v go >/dev/null 2>&1 || { echo "the Go toolchain (1.24+) is needed: go not on PATH" >&2; exit 1; }
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+## build: kube-apiserver, kubectl, etcd, helm and the Kafka jars, cached per version
+build: venv
+	$(PY) -m devstack.build
+
+## up: start the stack in .stack/ (idempotent) and print where things are
+up: deps build
+	$(PY) -m devstack up --root $(STACK_ROOT) --services $(SERVICES)
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack down --root $(STACK_ROOT); fi
+
+status:
+	@$(PY) -m devstack status --root $(STACK_ROOT)
+
+env:
+	@$(PY) -m devstack env --root $(STACK_ROOT)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS) tests
+	$(VENV)/bin/ruff format --check $(LINT_PATHS) tests
+	$(VENV)/bin/mypy $(LINT_PATHS)
+
+format: venv
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS) tests
+	$(VENV)/bin/ruff format $(LINT_PATHS) tests
+
+## test: everything CI checks; pytest starts its own stack on free ports
+test: deps build lint
+	@rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
+	exit $$rc
+
+demo: up
+	@echo "make demo: not written yet"
+
+bench: up
+	@echo "make bench: not written yet"

@@ -1,0 +1,1 @@
+"""One module per process kind of the development stack (see :mod:`devstack.stack`)."""

@@ -1,0 +1,141 @@
+"""kube-apiserver, started the way controller-runtime's envtest starts it.
+
+TLS with the stack CA, an admin client certificate (``O=system:masters``) in
+``root/kubeconfig``, RBAC authorization and a service-account token signer, so
+tests can act as a ServiceAccount through ``kubectl create token``. There is no
+scheduler, controller manager or kubelet: ServiceAccount admission is disabled
+(nothing would create the default ServiceAccounts) and the endpoint reconciler is
+off (it would try to publish the loopback address, which Endpoints forbid).
+After it is ready, the repo's CRDs (``crds/*.yaml``) are applied and awaited.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from devstack import build
+from devstack.components import http
+from devstack.components.base import Component
+
+if TYPE_CHECKING:
+    from devstack.stack import Stack
+
+CRDS_DIR = build.REPO_DIR / "crds"
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+class KubeApiserver(Component):
+    kind = "kube-apiserver"
+    ready_timeout = 90.0
+
+    def url(self, stack: Stack) -> str:
+        return f"https://127.0.0.1:{stack.port('kube-apiserver')}"
+
+    def prepare(self, stack: Stack) -> None:
+        pki = stack.pki
+        pki.ensure_ca()
+        pki.issue("kube-apiserver", common_name="kube-apiserver")
+        admin = pki.issue(
+            "admin",
+            common_name="admin",
+            organizations=("system:masters",),
+            server=False,
+            client=True,
+        )
+        pki.service_account_key()
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "devstack",
+                    "cluster": {
+                        "server": self.url(stack),
+                        "certificate-authority-data": _b64(pki.ca.cert),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": _b64(admin.cert),
+                        "client-key-data": _b64(admin.key),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "devstack",
+                    "context": {"cluster": "devstack", "user": "admin", "namespace": "default"},
+                }
+            ],
+            "current-context": "devstack",
+        }
+        path = stack.root / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+        path.chmod(0o600)
+
+    def argv(self, stack: Stack) -> list[str]:
+        pki = stack.pki
+        serving = pki.issue("kube-apiserver", common_name="kube-apiserver")
+        sa = pki.service_account_key()
+        cert_dir = stack.root / "kube-apiserver"
+        cert_dir.mkdir(exist_ok=True)
+        return [
+            str(build.kube_apiserver_bin()),
+            f"--etcd-servers=http://127.0.0.1:{stack.port('etcd-client')}",
+            f"--cert-dir={cert_dir}",
+            f"--tls-cert-file={serving.cert}",
+            f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--secure-port={stack.port('kube-apiserver')}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+            f"--service-account-issuer={self.url(stack)}",
+            f"--service-account-key-file={sa.cert}",
+            f"--service-account-signing-key-file={sa.key}",
+        ]
+
+    def ssl_context(self, stack: Stack) -> ssl.SSLContext:
+        """Verifies the server with the stack CA and authenticates as the admin."""
+        pki = stack.pki
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        admin = pki.issue(
+            "admin",
+            common_name="admin",
+            organizations=("system:masters",),
+            server=False,
+            client=True,
+        )
+        context.load_cert_chain(str(admin.cert), str(admin.key))
+        return context
+
+    def probe(self, stack: Stack) -> bool:
+        return http.is_ok(self.url(stack) + "/readyz", context=self.ssl_context(stack))
+
+    def after_ready(self, stack: Stack) -> None:
+        crds = sorted(CRDS_DIR.glob("*.yaml")) if CRDS_DIR.is_dir() else []
+        if not crds:
+            stack.log(f"no CRDs in {CRDS_DIR}: nothing to apply")
+            return
+        for crd in crds:
+            stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        for crd in crds:
+            stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+
+    def ports(self, stack: Stack) -> list[int]:
+        return [stack.port("kube-apiserver")]

@@ -1,0 +1,220 @@
+"""The Kafka side: a consumer-group member that records batches and commits after the database.
+
+At-least-once: auto-commit is off and a batch's offsets are committed
+synchronously only after its database transaction committed. Everything runs on
+one thread -- ``consume`` returns a batch, the batch is recorded, its offsets
+committed, and only then is ``consume`` called again -- so when librdkafka
+serves a rebalance (its callbacks run inside ``consume``) the batch in hand has
+already been recorded and committed: revocation never loses or duplicates work.
+SIGTERM only sets a flag; the loop finishes the batch in hand, commits, and
+leaves the group.
+
+Broker reachability comes from librdkafka itself: the error callback reports
+"all brokers down" and authentication/TLS failures, the statistics callback
+(every second) shows which broker connections are up and each partition's lag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from kafka_bridge import metrics
+from kafka_bridge.health import Health
+from kafka_bridge.ratelimit import RateLimitedLog
+from kafka_bridge.recorder import Recorder, Result
+from mwa_staging.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# librdkafka errors that mean the configuration is wrong (they will not heal).
+_FATAL_CONFIG_ERRORS = {
+    KafkaError._AUTHENTICATION: "authentication failed",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "authentication failed",
+    KafkaError._SSL: "TLS failure",
+}
+
+
+def consumer_config(settings: Settings, member: str, on_error: Callable[..., None],
+                    on_stats: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """librdkafka settings: the broker connection from Settings plus the group's behaviour."""
+    conf: dict[str, Any] = dict(settings.kafka_config())
+    conf.update(
+        {
+            "group.id": settings.kafka_group,
+            "client.id": f"mwa-kafka-bridge-{member}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": settings.bridge_auto_offset_reset,
+            "statistics.interval.ms": 1000,
+            "reconnect.backoff.ms": 100,
+            "reconnect.backoff.max.ms": 2000,
+            "socket.keepalive.enable": True,
+            "error_cb": on_error,
+            "stats_cb": on_stats,
+        }
+    )
+    return conf
+
+
+class BridgeConsumer:
+    """The consume -> record -> commit loop of one bridge process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        recorder: Recorder,
+        health: Health,
+        *,
+        member: str,
+        after_commit: Callable[[Result], None],
+    ) -> None:
+        self._settings = settings
+        self._topic = settings.kafka_topic
+        self._recorder = recorder
+        self._health = health
+        self._member = member
+        self._after_commit = after_commit
+        self._batch_size = settings.bridge_batch_size
+        self._window = settings.bridge_batch_window_ms / 1000.0
+        self._heartbeat_every = settings.bridge_heartbeat_interval_s
+        self._stop = threading.Event()
+        self._rlog = RateLimitedLog(log)
+        self._assigned: set[int] = set()
+        self._consumer = Consumer(consumer_config(settings, member, self._on_error, self._on_stats))
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it and leave (safe from a signal handler)."""
+        self._stop.set()
+
+    # --- librdkafka callbacks (run inside consume) ------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        code = err.code()
+        fatal = _FATAL_CONFIG_ERRORS.get(code)
+        if fatal is not None:
+            detail = (
+                f"{fatal} for user {self._settings.kafka_user!r} "
+                f"({self._settings.kafka_security_protocol}/{self._settings.kafka_sasl_mechanism})"
+                f" at {self._settings.kafka_server}: {err.str()}"
+            )
+            self._health.broker_down(detail)
+            self._rlog.error(f"kafka-{code}", "kafka: %s", detail)
+        elif code == KafkaError._ALL_BROKERS_DOWN:
+            self._health.broker_down()
+            self._rlog.warning("kafka-down", "kafka: no broker reachable: %s", err.str())
+        else:
+            self._rlog.warning(f"kafka-{code}", "kafka: %s", err.str())
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+        except ValueError:
+            return
+        brokers = stats.get("brokers", {}).values()
+        if any(b.get("state") == "UP" for b in brokers):
+            self._health.broker_up()
+        partitions = stats.get("topics", {}).get(self._topic, {}).get("partitions", {})
+        for key, part in partitions.items():
+            number = int(key)
+            if number in self._assigned and part.get("consumer_lag", -1) >= 0:
+                metrics.CONSUMER_LAG.labels(str(number)).set(part["consumer_lag"])
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update(p.partition for p in partitions)
+        log.info("assigned partitions %s", sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing is in hand here: consume() is only called between batches,
+        # after the previous batch was recorded and its offsets committed.
+        for p in partitions:
+            self._assigned.discard(p.partition)
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(str(p.partition))
+        log.info("revoked partitions %s", sorted(p.partition for p in partitions))
+
+    # --- the loop ----------------------------------------------------------
+    def run(self) -> None:
+        """Consume until :meth:`stop`; then close (leave the group) and return."""
+        self._consumer.subscribe(
+            [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+        next_heartbeat = 0.0
+        heartbeats = 0
+        try:
+            while not self._stop.is_set():
+                messages = self._consumer.consume(self._batch_size, self._window)
+                self._health.polled()
+                if messages:
+                    self._handle(messages)
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    heartbeats += 1
+                    self._recorder.heartbeat(self._member, forget_old=heartbeats % 1000 == 1)
+                    next_heartbeat = now + self._heartbeat_every
+        finally:
+            self._health.stopping = True
+            self._recorder.heartbeat(self._member)
+            self._consumer.close()
+            log.info("left the consumer group")
+
+    def _handle(self, messages: list[Message]) -> None:
+        started = time.monotonic()
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                self._rlog.warning(f"msg-{err.code()}", "kafka: consume error: %s", err.str())
+        result = self._recorder.record(messages, self._stop)
+        if result is None:
+            return  # stopping while the database was away: leave the offsets uncommitted
+        self._commit(result)
+        self._health.applied(result.batch.valid)
+        self._after_commit(result)
+        self._count(result)
+        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _commit(self, result: Result) -> None:
+        offsets = [
+            TopicPartition(self._topic, part, nxt)
+            for part, nxt in sorted(result.batch.next_offsets().items())
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The rows are in; the messages will come again and be skipped by
+            # the stored offsets. A later commit covers these offsets too.
+            self._rlog.warning("commit", "offset commit failed (will be redelivered): %s", exc)
+
+    def _count(self, result: Result) -> None:
+        batch, rec = result.batch, result.recorded
+        malformed = len(batch.malformed.offsets)
+        duplicate = batch.valid - rec.applied - rec.unknown
+        m = metrics.MESSAGES
+        if rec.applied:
+            m.labels("applied").inc(rec.applied)
+        if duplicate:
+            m.labels("duplicate").inc(duplicate)
+        if rec.unknown:
+            m.labels("unknown_path").inc(rec.unknown)
+        if malformed:
+            m.labels("malformed").inc(malformed)
+        if batch.skipped:
+            m.labels("redelivered").inc(batch.skipped)
+        if rec.completed:
+            metrics.COMPLETED_JOBS.inc(len(rec.completed))
+            log.info("jobs complete: %s", ", ".join(str(j) for j in rec.completed))
+        if malformed:
+            reasons = sorted(set(batch.malformed.reasons))
+            self._rlog.warning(
+                "malformed", "%d malformed message(s) kept: %s", malformed, "; ".join(reasons)
+            )

@@ -1,0 +1,587 @@
+"""Every SQL statement of the operator, by step of a job's life.
+
+Conventions (see migrations/0001_init.sql and 0003_operator_schedule.sql):
+
+* Functions take a cursor and never commit: the caller decides what one
+  transaction holds (e.g. the files and the move to ``staging`` go together, so
+  the Kafka bridge, which matches only ``staging`` jobs, never sees half a job).
+* Every change the status shows bumps ``jobs.version`` so the projection
+  (``mwa_staging.projection``) knows the status is behind.
+* Delayed work is *claimed*: the statement that picks due rows also pushes their
+  due time forward (a lease) under ``FOR UPDATE SKIP LOCKED``. A restart then
+  finds the work still due (lease expired) instead of lost, and two passes never
+  pick the same row.
+* Liveness (``jobs.live``) is what the unique partial index ``jobs_live_job_id``
+  guards: a job id is taken from creation until its callback is delivered or
+  given up (or, for jobs without a callback, until they end).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
+
+from mwa_staging.db.rows import JobRow
+from mwa_staging.db.status_queries import get_job, get_job_by_uid
+
+__all__ = ["get_job", "get_job_by_uid"]
+
+ACTIVE_STATES = ("pending", "resolving", "staging")
+FILE_STATES = {"pending": 0, "ready": 1, "error": 2}
+FILE_STATE_NAMES = {code: name for name, code in FILE_STATES.items()}
+
+_COLS = JobRow.columns()
+_J_COLS = ", ".join(f"j.{c.strip()}" for c in _COLS.split(","))
+
+# delete_at for a row whose story just ended, from its TTL (NULL keeps the object).
+_DELETE_AT_NOW = (
+    "CASE WHEN ttl_after_finished_s IS NULL THEN NULL"
+    " ELSE now() + make_interval(secs => ttl_after_finished_s) END"
+)
+
+
+# --- creation ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the operator records about a new StagingJob before any work."""
+
+    uid: str
+    namespace: str
+    name: str
+    job_id: int
+    generation: int
+    notify_url: str
+    callback_secret: str | None
+    active_deadline_s: int
+    restage_interval_s: int
+    ttl_after_finished_s: int | None
+
+
+@dataclass(frozen=True)
+class Created:
+    """Outcome of :func:`create_job`."""
+
+    job: JobRow
+    #: False when the row already existed (the create handler is being retried).
+    created: bool
+    #: The name of the live job holding the same job id, for a refused duplicate.
+    duplicate_of: str | None = None
+
+
+def create_job(cur: Cursor, new: NewJob) -> Created:
+    """Record a StagingJob (idempotent by uid), refusing a second live use of its job id.
+
+    A refused duplicate is still recorded, as a finished, non-live row with
+    reason ``DuplicateJobId`` and no callback due, so that its status can be
+    projected and a retry of the handler finds it.
+    """
+    existing = get_job_by_uid(cur, new.uid)
+    if existing is not None:
+        return Created(existing, created=False)
+    cur.execute(
+        "INSERT INTO jobs (uid, namespace, name, job_id, generation, notify_url,"
+        " callback_secret, state, start_time, deadline, restage_interval_s,"
+        " ttl_after_finished_s)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'resolving', now(),"
+        " now() + make_interval(secs => %s), %s, %s)"
+        " ON CONFLICT (namespace, job_id) WHERE live DO NOTHING"
+        f" RETURNING {_COLS}",
+        (
+            new.uid,
+            new.namespace,
+            new.name,
+            new.job_id,
+            new.generation,
+            new.notify_url,
+            new.callback_secret,
+            new.active_deadline_s,
+            new.restage_interval_s,
+            new.ttl_after_finished_s,
+        ),
+    )
+    row = cur.fetchone()
+    if row is not None:
+        return Created(JobRow.from_row(row), created=True)
+    cur.execute(
+        "SELECT name FROM jobs WHERE namespace = %s AND job_id = %s AND live",
+        (new.namespace, new.job_id),
+    )
+    holder = cur.fetchone()
+    other = holder[0] if holder else "another StagingJob"
+    message = (
+        f"jobId {new.job_id} is already used by StagingJob {other} in namespace"
+        f" {new.namespace}, which has not finished; delete it or use another jobId"
+    )
+    cur.execute(
+        "INSERT INTO jobs (uid, namespace, name, job_id, generation, notify_url,"
+        " callback_secret, live, state, reason, message, start_time, completion_time,"
+        " callback_state, restage_interval_s, ttl_after_finished_s, delete_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, false, 'failed', 'DuplicateJobId', %s,"
+        " now(), now(), 'none', %s, %s,"
+        " CASE WHEN %s::integer IS NULL THEN NULL"
+        "      ELSE now() + make_interval(secs => %s::integer) END)"
+        f" RETURNING {_COLS}",
+        (
+            new.uid,
+            new.namespace,
+            new.name,
+            new.job_id,
+            new.generation,
+            new.notify_url,
+            new.callback_secret,
+            message,
+            new.restage_interval_s,
+            new.ttl_after_finished_s,
+            new.ttl_after_finished_s,
+            new.ttl_after_finished_s,
+        ),
+    )
+    dup = cur.fetchone()
+    assert dup is not None
+    return Created(JobRow.from_row(dup), created=True, duplicate_of=other)
+
+
+def _csv_rows(job_pk: int, paths: Iterable[str]) -> io.StringIO:
+    """The files as CSV for COPY (every path quoted: commas, quotes, backslashes are safe)."""
+    buf = io.StringIO()
+    prefix = f"{job_pk},"
+    write = buf.write
+    for path in paths:
+        write(prefix)
+        write('"')
+        write(path.replace('"', '""'))
+        write('"\n')
+    buf.seek(0)
+    return buf
+
+
+def record_files(cur: Cursor, job_pk: int, paths: Sequence[str]) -> bool:
+    """Insert the job's files with COPY and move it to ``staging``; False if it had moved on.
+
+    ``paths`` must be free of duplicates (the primary key is (job, path)). One
+    COPY of 100,000 rows takes about a second; row-by-row inserts take minutes.
+    """
+    cur.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (job_pk,))
+    row = cur.fetchone()
+    if row is None or row[0] != "resolving":
+        return False
+    cur.copy_expert(
+        "COPY job_files (job, path) FROM STDIN WITH (FORMAT csv)", _csv_rows(job_pk, paths)
+    )
+    cur.execute(
+        "UPDATE jobs SET state = 'staging', total_files = %s, resolved_at = now(),"
+        " version = version + 1 WHERE id = %s",
+        (len(paths), job_pk),
+    )
+    return True
+
+
+def mark_stage_requested(cur: Cursor, job_pk: int) -> None:
+    """Scout accepted every stage call: record it and schedule the first restage pass."""
+    cur.execute(
+        "UPDATE jobs SET stage_requested_at = now(),"
+        " next_restage_at = now() + make_interval(secs => restage_interval_s),"
+        " version = version + 1 WHERE id = %s AND stage_requested_at IS NULL",
+        (job_pk,),
+    )
+
+
+def pending_paths(cur: Cursor, job_pk: int) -> list[str]:
+    """Paths of the job still without news (neither ready nor failed)."""
+    cur.execute("SELECT path FROM job_files WHERE job = %s AND state = 0", (job_pk,))
+    return [row[0] for row in cur.fetchall()]
+
+
+def fail_job(
+    cur: Cursor,
+    job_pk: int,
+    code: int,
+    reason: str,
+    message: str,
+    *,
+    callback: bool = True,
+) -> bool:
+    """End an unfinished job with a return code; False if it had already ended.
+
+    With ``callback`` the callback becomes due now; without it (nowhere allowed
+    to send it) the job also stops holding its job id.
+    """
+    if callback:
+        cur.execute(
+            "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
+            " completion_time = now(), callback_state = 'pending',"
+            " callback_next_attempt = now(), next_restage_at = NULL, version = version + 1"
+            " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
+            (code, reason, message, job_pk),
+        )
+    else:
+        cur.execute(
+            "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
+            " completion_time = now(), callback_state = 'none', live = false,"
+            f" next_restage_at = NULL, delete_at = {_DELETE_AT_NOW}, version = version + 1"
+            " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
+            (code, reason, message, job_pk),
+        )
+    return cur.fetchone() is not None
+
+
+# --- progress found by the restage pass -------------------------------------
+
+
+def completion_message(total: int, ready: int, errors: int) -> str:
+    """The comment of a complete job (the bridge writes the same words)."""
+    if errors == 0:
+        return f"all {total} files staged"
+    return f"{ready} of {total} files staged, {errors} failed"
+
+
+def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[int, bool]:
+    """Record files found on disk; complete the job if that was the last. Returns (marked, completed).
+
+    Races with the bridge are safe: a file row moves from pending only once
+    (``state = 0`` in the WHERE, re-checked under the row lock), counters are
+    incremented, not recomputed, and the job row lock orders the two writers.
+    """
+    if not paths:
+        return 0, False
+    cur.execute(
+        "WITH marked AS (UPDATE job_files SET state = 1, updated_at = now()"
+        " WHERE job = %s AND path = ANY(%s) AND state = 0 RETURNING 1)"
+        " SELECT count(*) FROM marked",
+        (job_pk, list(paths)),
+    )
+    row = cur.fetchone()
+    marked = int(row[0]) if row else 0
+    if marked == 0:
+        return 0, False
+    cur.execute(
+        "UPDATE jobs SET ready_files = ready_files + %s, last_file_time = now(),"
+        " version = version + 1 WHERE id = %s"
+        " RETURNING state, total_files, ready_files, error_files",
+        (marked, job_pk),
+    )
+    state_row = cur.fetchone()
+    if state_row is None:
+        return marked, False
+    state, total, ready, errors = state_row
+    if state != "staging" or ready + errors < total:
+        return marked, False
+    cur.execute(
+        "UPDATE jobs SET state = 'complete', return_code = %s, reason = %s, message = %s,"
+        " completion_time = now(), callback_state = 'pending', callback_next_attempt = now(),"
+        " next_restage_at = NULL, version = version + 1 WHERE id = %s AND state = 'staging'",
+        (
+            0 if errors == 0 else 5,
+            "AllFilesStaged" if errors == 0 else "FinishedWithErrors",
+            completion_message(total, ready, errors),
+            job_pk,
+        ),
+    )
+    return marked, True
+
+
+# --- the scheduler's due work ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueTimes:
+    """The earliest due time of each kind of delayed work (None: nothing of that kind)."""
+
+    now: datetime
+    deadline: datetime | None
+    restage: datetime | None
+    callback: datetime | None
+    cancel: datetime | None
+    delete: datetime | None
+
+    def earliest(self) -> datetime | None:
+        times = [
+            t
+            for t in (self.deadline, self.restage, self.callback, self.cancel, self.delete)
+            if t is not None
+        ]
+        return min(times) if times else None
+
+
+def due_times(cur: Cursor) -> DueTimes:
+    """One cheap statement: each minimum is read from the head of a partial index."""
+    cur.execute(
+        "SELECT now(),"
+        " (SELECT min(deadline) FROM jobs WHERE state = 'staging' AND live),"
+        " (SELECT min(next_restage_at) FROM jobs WHERE state = 'staging' AND live),"
+        " (SELECT min(callback_next_attempt) FROM jobs WHERE callback_state = 'pending'),"
+        " (SELECT min(cancel_due_at) FROM jobs WHERE cancel_due_at IS NOT NULL),"
+        " (SELECT min(delete_at) FROM jobs WHERE delete_at IS NOT NULL)"
+    )
+    row = cur.fetchone()
+    assert row is not None
+    return DueTimes(*row)
+
+
+def claim_deadlines(cur: Cursor, limit: int) -> list[JobRow]:
+    """Time out the staging jobs past their deadline (code 10); schedule their cancels."""
+    cur.execute(
+        "UPDATE jobs j SET state = 'failed', return_code = 10, reason = 'DeadlineExceeded',"
+        " message = 'timed out after ' || round(extract(epoch FROM j.deadline - j.start_time))"
+        "   || ' s: ' || j.ready_files || ' of ' || j.total_files || ' files staged, '"
+        "   || j.error_files || ' failed, '"
+        "   || (j.total_files - j.ready_files - j.error_files) || ' outstanding',"
+        " completion_time = now(), callback_state = 'pending', callback_next_attempt = now(),"
+        " next_restage_at = NULL,"
+        " cancel_due_at = CASE WHEN j.ready_files + j.error_files < j.total_files"
+        "   THEN now() END,"
+        " version = j.version + 1"
+        " FROM (SELECT id FROM jobs WHERE state = 'staging' AND live AND deadline <= now()"
+        "       ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        f" WHERE j.id = due.id RETURNING {_J_COLS}",
+        (limit,),
+    )
+    return [JobRow.from_row(r) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job picked for some delayed work."""
+
+    job_pk: int
+    job_id: int
+    namespace: str
+    name: str
+    uid: str
+
+
+def _claims(cur: Cursor) -> list[Claim]:
+    return [Claim(*row) for row in cur.fetchall()]
+
+
+def claim_restages(cur: Cursor, limit: int) -> list[Claim]:
+    """Staging jobs whose restage pass is due; the next pass is scheduled at once."""
+    cur.execute(
+        "UPDATE jobs j SET next_restage_at = now() + make_interval(secs => j.restage_interval_s)"
+        " FROM (SELECT id FROM jobs WHERE state = 'staging' AND live"
+        "       AND next_restage_at <= now()"
+        "       ORDER BY next_restage_at LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        " WHERE j.id = due.id RETURNING j.id, j.job_id, j.namespace, j.name, j.uid",
+        (limit,),
+    )
+    return _claims(cur)
+
+
+def claim_cancels(cur: Cursor, limit: int, retry_s: float) -> list[Claim]:
+    """Timed-out jobs whose Scout cancel is due; retried after ``retry_s`` unless cleared."""
+    cur.execute(
+        "UPDATE jobs j SET cancel_due_at = now() + make_interval(secs => %s)"
+        " FROM (SELECT id FROM jobs WHERE cancel_due_at <= now()"
+        "       ORDER BY cancel_due_at LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        " WHERE j.id = due.id RETURNING j.id, j.job_id, j.namespace, j.name, j.uid",
+        (retry_s, limit),
+    )
+    return _claims(cur)
+
+
+def clear_cancel(cur: Cursor, job_pk: int) -> None:
+    """Scout accepted the cancel."""
+    cur.execute("UPDATE jobs SET cancel_due_at = NULL WHERE id = %s", (job_pk,))
+
+
+def cancel_candidates(cur: Cursor, job_pk: int) -> list[str]:
+    """Pending paths of the job that no other unfinished live job holds (safe to cancel)."""
+    cur.execute(
+        "SELECT f.path FROM job_files f WHERE f.job = %s AND f.state = 0"
+        " AND NOT EXISTS (SELECT 1 FROM job_files g JOIN jobs o ON o.id = g.job"
+        "   WHERE g.path = f.path AND g.job <> f.job AND o.live"
+        "   AND o.state IN ('pending', 'resolving', 'staging'))",
+        (job_pk,),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
+def claim_ttl_deletes(cur: Cursor, limit: int, lease_s: float) -> list[Claim]:
+    """Jobs whose StagingJob is due for deletion; retried after ``lease_s`` unless deleted."""
+    cur.execute(
+        "UPDATE jobs j SET delete_at = now() + make_interval(secs => %s)"
+        " FROM (SELECT id FROM jobs WHERE delete_at <= now()"
+        "       ORDER BY delete_at LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        " WHERE j.id = due.id RETURNING j.id, j.job_id, j.namespace, j.name, j.uid",
+        (lease_s, limit),
+    )
+    return _claims(cur)
+
+
+def set_ttl(cur: Cursor, uid: str, ttl_s: int | None, generation: int) -> int | None:
+    """spec.ttlSecondsAfterFinished changed: store it and recompute the deletion time."""
+    cur.execute(
+        "UPDATE jobs SET ttl_after_finished_s = %(ttl)s,"
+        " generation = greatest(generation, %(gen)s), version = version + 1,"
+        " delete_at = CASE"
+        "   WHEN %(ttl)s::integer IS NULL THEN NULL"
+        "   WHEN callback_state = 'delivered'"
+        "     THEN callback_delivered_at + make_interval(secs => %(ttl)s::integer)"
+        "   WHEN callback_state = 'gave_up'"
+        "     THEN callback_last_attempt + make_interval(secs => %(ttl)s::integer)"
+        "   WHEN callback_state = 'none' AND state IN ('complete', 'failed')"
+        "     THEN completion_time + make_interval(secs => %(ttl)s::integer)"
+        "   ELSE NULL END"
+        " WHERE uid = %(uid)s RETURNING id",
+        {"ttl": ttl_s, "gen": generation, "uid": uid},
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row else None
+
+
+# --- callbacks ---------------------------------------------------------------
+
+IN_FLIGHT = "no outcome recorded (in flight, or the operator stopped during it)"
+
+
+def claim_callbacks(cur: Cursor, limit: int, lease_s: float) -> list[JobRow]:
+    """Due callbacks: count the attempt, record it as in flight, lease the job for ``lease_s``.
+
+    The attempt is recorded *before* the POST, so an attempt cut short by a
+    crash is still visible; the lease makes the job due again if no outcome is
+    recorded (at-least-once delivery).
+    """
+    if limit <= 0:
+        return []
+    cur.execute(
+        "UPDATE jobs j SET callback_attempts = j.callback_attempts + 1,"
+        " callback_last_attempt = now(),"
+        " callback_next_attempt = now() + make_interval(secs => %s),"
+        " version = j.version + 1"
+        " FROM (SELECT id FROM jobs WHERE callback_state = 'pending'"
+        "       AND callback_next_attempt <= now()"
+        "       ORDER BY callback_next_attempt LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        f" WHERE j.id = due.id RETURNING {_J_COLS}",
+        (lease_s, limit),
+    )
+    rows = [JobRow.from_row(r) for r in cur.fetchall()]
+    if rows:
+        cur.execute(
+            "INSERT INTO callback_attempts (job, attempt, error)"
+            " SELECT unnest(%s::bigint[]), unnest(%s::integer[]), %s"
+            " ON CONFLICT (job, attempt) DO NOTHING",
+            ([r.id for r in rows], [r.callback_attempts for r in rows], IN_FLIGHT),
+        )
+    return rows
+
+
+def record_callback_result(
+    cur: Cursor,
+    job_pk: int,
+    attempt: int,
+    *,
+    delivered: bool,
+    http_status: int | None,
+    error: str | None,
+    give_up: bool = False,
+    next_attempt: datetime | None = None,
+) -> bool:
+    """Record the outcome of attempt ``attempt``; False if the row had moved on.
+
+    A delivery is recorded whatever happened meanwhile (it did happen); a
+    failure only while this attempt is still the job's latest.
+    """
+    cur.execute(
+        "UPDATE callback_attempts SET http_status = %s, error = %s WHERE job = %s AND attempt = %s",
+        (http_status, error, job_pk, attempt),
+    )
+    if delivered:
+        cur.execute(
+            "UPDATE jobs SET callback_state = 'delivered', callback_delivered_at = now(),"
+            " callback_last_error = NULL, callback_next_attempt = NULL, live = false,"
+            f" delete_at = {_DELETE_AT_NOW}, version = version + 1"
+            " WHERE id = %s AND callback_state = 'pending' RETURNING id",
+            (job_pk,),
+        )
+    elif give_up:
+        cur.execute(
+            "UPDATE jobs SET callback_state = 'gave_up', callback_last_error = %s,"
+            " callback_next_attempt = NULL, live = false,"
+            f" delete_at = {_DELETE_AT_NOW}, version = version + 1"
+            " WHERE id = %s AND callback_state = 'pending' AND callback_attempts = %s"
+            " RETURNING id",
+            (error, job_pk, attempt),
+        )
+    else:
+        cur.execute(
+            "UPDATE jobs SET callback_last_error = %s, callback_next_attempt = %s,"
+            " version = version + 1"
+            " WHERE id = %s AND callback_state = 'pending' AND callback_attempts = %s"
+            " RETURNING id",
+            (error, next_attempt, job_pk, attempt),
+        )
+    return cur.fetchone() is not None
+
+
+def callback_attempts(cur: Cursor, job_pk: int) -> list[tuple[int, datetime, int | None, str | None]]:
+    """(attempt, at, http_status, error) of every attempt, oldest first."""
+    cur.execute(
+        "SELECT attempt, at, http_status, error FROM callback_attempts WHERE job = %s"
+        " ORDER BY attempt",
+        (job_pk,),
+    )
+    return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+
+
+# --- deletion ------------------------------------------------------------------
+
+
+def retire_job(cur: Cursor, job_pk: int) -> JobRow | None:
+    """The StagingJob is being deleted: stop all delayed work on it first (no callback).
+
+    Returns the row as it was, so the caller knows whether it was unfinished.
+    """
+    before = get_job(cur, job_pk)
+    if before is None:
+        return None
+    cur.execute(
+        "UPDATE jobs SET live = false, callback_next_attempt = NULL, next_restage_at = NULL,"
+        " cancel_due_at = NULL, delete_at = NULL,"
+        " callback_state = CASE WHEN callback_state = 'pending' THEN 'none'"
+        "   ELSE callback_state END"
+        " WHERE id = %s",
+        (job_pk,),
+    )
+    return before
+
+
+def delete_job(cur: Cursor, job_pk: int) -> None:
+    """Remove the job and (cascading) its files and callback attempts."""
+    cur.execute("DELETE FROM jobs WHERE id = %s", (job_pk,))
+
+
+# --- reporting -----------------------------------------------------------------
+
+
+def counts_by_state(cur: Cursor) -> dict[str, int]:
+    """Number of jobs in each state (for the jobs-by-phase gauge)."""
+    cur.execute("SELECT state, count(*) FROM jobs GROUP BY state")
+    return {state: int(n) for state, n in cur.fetchall()}
+
+
+def iter_files(
+    conn: Connection, job_pk: int, state: int | None = None, batch: int = 5000
+) -> Iterator[tuple[str, int, datetime | None, str | None]]:
+    """(path, state, updated_at, error) of a job's files, streamed with a server-side cursor."""
+    with conn.cursor(name="job_files_listing") as cur:
+        cur.itersize = batch
+        if state is None:
+            cur.execute(
+                "SELECT path, state, updated_at, error FROM job_files WHERE job = %s"
+                " ORDER BY path",
+                (job_pk,),
+            )
+        else:
+            cur.execute(
+                "SELECT path, state, updated_at, error FROM job_files"
+                " WHERE job = %s AND state = %s ORDER BY path",
+                (job_pk, state),
+            )
+        yield from cur

@@ -1,0 +1,163 @@
+"""From an observation to the archive paths to stage: the MWA data_files service.
+
+CONTRACTS.md section 3. The rules live here, as pure functions unit tests can
+check one by one:
+
+* query parameters: ``obs_id``, ``location=3`` (Banksia), ``terse=True``,
+  ``all_files=False``, plus ``mintime``/``maxtime`` only for a VCS window
+  (``startTime`` and ``duration`` both non-zero);
+* path: ``mwa/<bucket>/<folder>/<filename>``, a null or empty bucket or folder
+  adds no segment, and a folder's leading ``/`` is dropped;
+* outcomes: 404 (or an empty answer) means the observation has no files
+  (return code 101); anything else that is not a usable 200 -- another status,
+  a timeout, a malformed body -- is a failed lookup (100), but only after
+  ``data_files_attempts`` tries, because the service is occasionally slow.
+
+A 100,000-file answer is ~15 MB of JSON: it is parsed in a worker thread so
+the operator's event loop keeps serving other jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from mwa_staging.settings import Settings
+from mwa_staging.status import ReturnCode
+
+log = logging.getLogger(__name__)
+
+Sleeper = Callable[[float], Awaitable[None]]
+
+
+class ResolveError(Exception):
+    """The observation could not be turned into files; ``code`` is 100 or 101."""
+
+    def __init__(self, code: ReturnCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def query_params(obs_id: int, start_time: int | None, duration: int | None) -> dict[str, str]:
+    """The data_files query for an observation and an optional VCS window."""
+    params = {
+        "obs_id": str(obs_id),
+        "location": "3",
+        "terse": "True",
+        "all_files": "False",
+    }
+    if start_time and duration:
+        params["mintime"] = str(start_time)
+        params["maxtime"] = str(start_time + duration)
+    return params
+
+
+def archive_path(filename: str, bucket: str | None, folder: str | None) -> str:
+    """``mwa/<bucket>/<folder>/<filename>`` without empty segments."""
+    parts = ["mwa"]
+    if bucket:
+        parts.append(bucket.strip("/"))
+    if folder:
+        folder = folder.lstrip("/").rstrip("/")
+        if folder:
+            parts.append(folder)
+    parts.append(filename.lstrip("/"))
+    return "/".join(part for part in parts if part)
+
+
+def paths_from_body(body: Any) -> list[str]:
+    """Every path of a data_files answer, in the answer's order, without duplicates.
+
+    Raises ResolveError(100) for a body that is not the documented shape, and
+    ResolveError(101) for an answer with no files.
+    """
+    if not isinstance(body, dict):
+        raise ResolveError(ReturnCode.LOOKUP_FAILED, "data_files answered something not a JSON object")
+    paths: dict[str, None] = {}
+    for filename, entry in body.items():
+        if not isinstance(filename, str) or not filename or not isinstance(entry, dict):
+            raise ResolveError(
+                ReturnCode.LOOKUP_FAILED, f"data_files answered a malformed entry for {filename!r}"
+            )
+        bucket, folder = entry.get("bucket"), entry.get("folder")
+        if not isinstance(bucket, str | None) or not isinstance(folder, str | None):
+            raise ResolveError(
+                ReturnCode.LOOKUP_FAILED, f"data_files answered a malformed entry for {filename!r}"
+            )
+        paths[archive_path(filename, bucket, folder)] = None
+    if not paths:
+        raise ResolveError(ReturnCode.NO_FILES, "the observation has no files on Banksia")
+    return list(paths)
+
+
+def _window(start_time: int | None, duration: int | None) -> str:
+    if start_time and duration:
+        return f" between GPS {start_time} and {start_time + duration}"
+    return ""
+
+
+async def resolve_observation(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    obs_id: int,
+    start_time: int | None = None,
+    duration: int | None = None,
+    *,
+    sleep: Sleeper = asyncio.sleep,
+) -> list[str]:
+    """The observation's archive paths; raises ResolveError with code 100 or 101."""
+    params = query_params(obs_id, start_time, duration)
+    attempts = settings.data_files_attempts
+    pause = settings.data_files_retry_seconds
+    problem = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = await client.get(
+                settings.data_files_url, params=params, timeout=settings.data_files_timeout_seconds
+            )
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__} talking to data_files"
+        else:
+            if response.status_code == 404:
+                raise ResolveError(
+                    ReturnCode.NO_FILES,
+                    f"observation {obs_id} has no files on Banksia{_window(start_time, duration)}",
+                )
+            if response.status_code == 200:
+                try:
+                    body = await asyncio.to_thread(json.loads, response.content)
+                except ValueError:
+                    problem = "data_files answered a body that is not JSON"
+                else:
+                    try:
+                        paths = await asyncio.to_thread(paths_from_body, body)
+                    except ResolveError as exc:
+                        if exc.code == ReturnCode.NO_FILES:
+                            raise ResolveError(
+                                ReturnCode.NO_FILES,
+                                f"observation {obs_id} has no files on Banksia"
+                                f"{_window(start_time, duration)}",
+                            ) from None
+                        problem = exc.message
+                    else:
+                        return paths
+            else:
+                problem = f"data_files answered HTTP {response.status_code}"
+        if attempt < attempts:
+            log.warning(
+                "looking up observation %s failed (%s); attempt %d of %d, retrying in %.1f s",
+                obs_id, problem, attempt, attempts, pause,
+            )
+            await sleep(pause)
+            pause *= 2
+    raise ResolveError(
+        ReturnCode.LOOKUP_FAILED,
+        f"looking up the files of observation {obs_id} failed after {attempts} attempt(s): "
+        f"{problem}",
+    )

@@ -1,0 +1,146 @@
+"""Delivering the callback of finished jobs, from the scheduler.
+
+Guarantee: **at least once**, with a duplicate only if the process dies (or
+loses the database) between the client's 200 and the commit that records it.
+How: an attempt is claimed in the database *before* the POST (attempt counter
++1, an ``in flight`` row in ``callback_attempts``, and ``callback_next_attempt``
+pushed out by a lease longer than the POST timeout); the outcome is committed
+right after the answer. A restart therefore finds every undelivered callback
+still due (at the latest when its lease expires) and never resends one whose
+delivery was committed. Exactly-once is impossible without the client's help
+(the payload carries ``job_id`` so a client can deduplicate).
+
+Retries back off exponentially (``callback_backoff_initial_seconds`` doubling,
+capped at 10 minutes) until delivered or until ``callback_give_up_seconds``
+after the job ended. Across all jobs at most ``callback_rate_per_minute``
+POSTs are started in any minute: the scheduler claims only as many as the
+limiter allows, so a claimed callback never waits (and its lease never runs
+out while it waits).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+
+from kubernetes.client.exceptions import ApiException
+
+from mwa_staging.callback import Delivery, after_failure, payload_for, send
+from mwa_staging.db import jobs_queries as q
+from mwa_staging.db.rows import JobRow
+from mwa_staging.status import Reason
+from mwa_staging_operator import metrics
+from mwa_staging_operator.context import App
+from mwa_staging_operator.events import ObjectRef
+
+log = logging.getLogger(__name__)
+
+#: Seconds beyond the POST timeout before an unrecorded attempt counts as lost.
+LEASE_MARGIN_SECONDS = 60.0
+
+
+class CredentialsError(Exception):
+    """The callback's Basic-auth credentials could not be read."""
+
+
+def lease_seconds(app: App) -> float:
+    return app.settings.callback_timeout_seconds + LEASE_MARGIN_SECONDS
+
+
+async def credentials(app: App, job: JobRow) -> tuple[str, str]:
+    """(username, password): from ``spec.callback.secretRef`` or the operator's defaults."""
+    if not job.callback_secret:
+        return app.settings.result_username, app.settings.result_password.get_secret_value()
+    try:
+        secret = await app.kube(
+            app.core.read_namespaced_secret, job.callback_secret, job.namespace,
+            _request_timeout=10,
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise CredentialsError(
+                f"Secret {job.callback_secret} not found in namespace {job.namespace}"
+            ) from None
+        raise CredentialsError(
+            f"reading Secret {job.callback_secret} failed: HTTP {exc.status}"
+        ) from None
+    data = secret.data or {}
+    try:
+        username = base64.b64decode(data["username"]).decode()
+        password = base64.b64decode(data["password"]).decode()
+    except (KeyError, ValueError):
+        raise CredentialsError(
+            f"Secret {job.callback_secret} must hold the keys username and password"
+        ) from None
+    return username, password
+
+
+async def attempt(app: App, job: JobRow) -> None:
+    """Make the attempt ``job.callback_attempts`` (already claimed) and record its outcome."""
+    settings = app.settings
+    ref = ObjectRef(job.namespace, job.name, job.uid)
+    number = job.callback_attempts
+    if number == 1 and job.state == "complete":
+        # The bridge ends jobs; the operator hears of it here, first.
+        app.events.normal(ref, "Complete", job.message or "")
+    try:
+        username, password = await credentials(app, job)
+    except CredentialsError as exc:
+        delivery = Delivery(False, None, str(exc))
+    else:
+        delivery = await send(
+            app.callback_http,
+            job.notify_url,
+            payload_for(job),
+            username,
+            password,
+            timeout=settings.callback_timeout_seconds,
+        )
+    if delivery.delivered:
+        await app.db.run(
+            lambda cur: q.record_callback_result(
+                cur, job.id, number, delivered=True, http_status=delivery.http_status, error=None
+            )
+        )
+        metrics.CALLBACKS.labels("delivered").inc()
+        app.events.normal(
+            ref, Reason.CALLBACK_DELIVERED, f"callback delivered (attempt {number})"
+        )
+    else:
+        decision = after_failure(
+            number,
+            datetime.now(UTC),
+            job.completion_time or datetime.now(UTC),
+            initial=settings.callback_backoff_initial_seconds,
+            maximum=settings.callback_backoff_max_seconds,
+            give_up_seconds=settings.callback_give_up_seconds,
+        )
+        await app.db.run(
+            lambda cur: q.record_callback_result(
+                cur,
+                job.id,
+                number,
+                delivered=False,
+                http_status=delivery.http_status,
+                error=delivery.error,
+                give_up=decision.give_up,
+                next_attempt=decision.next_attempt,
+            )
+        )
+        if decision.give_up:
+            metrics.CALLBACKS.labels("gave_up").inc()
+            app.events.warning(
+                ref,
+                Reason.CALLBACK_GAVE_UP,
+                f"gave up after {number} attempts; last: {delivery.error}",
+            )
+        else:
+            metrics.CALLBACKS.labels("failed").inc()
+            when = decision.next_attempt.strftime("%H:%M:%SZ") if decision.next_attempt else "?"
+            app.events.warning(
+                ref,
+                "CallbackFailed",
+                f"callback attempt {number} failed: {delivery.error}; next attempt at {when}",
+            )
+    await app.project(job.id)

@@ -1,0 +1,150 @@
+"""Everything a handler or the scheduler needs, built once at start-up: the ``App``.
+
+Handlers receive it through kopf's ``memo``; plain modules receive it as an
+argument, so unit tests can hand them a fake. Blocking clients (psycopg2, the
+official Kubernetes client) run in their own bounded thread pools so that the
+event loop, shared by every job, never waits on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+from kubernetes.client import CoreV1Api, CustomObjectsApi
+
+from mwa_staging.db.migrate import migrate
+from mwa_staging.kube import StagingJobs, api_client
+from mwa_staging.projection import project_job
+from mwa_staging.scout import ScoutClient
+from mwa_staging.settings import Settings
+from mwa_staging_operator import metrics
+from mwa_staging_operator.db import Database
+from mwa_staging_operator.events import EventRecorder
+from mwa_staging_operator.listen import Listener
+from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The channel the Kafka bridge NOTIFYs (payload: jobs.id) when it ends a job.
+NOTIFY_CHANNEL = "mwa_staging_jobs"
+
+
+class App:
+    """The operator's clients and shared state (one per process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.dsn(), settings.db_pool_size)
+        self.kube_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kube")
+        client = api_client(settings.kubeconfig, pool_maxsize=8)
+        self.jobs = StagingJobs(client)
+        self.custom = CustomObjectsApi(client)
+        self.core = CoreV1Api(client)
+        instance = os.environ.get("HOSTNAME") or socket.gethostname()
+        self.events = EventRecorder(self.core, self.kube_executor, instance)
+        self.scout = ScoutClient(settings, observe=metrics.observe_scout)
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.callback_http = httpx.AsyncClient(
+            verify=settings.callback_verify(),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.callback_concurrency),
+        )
+        self.limiter = SlidingWindowLimiter(settings.callback_rate_per_minute, 60.0)
+        self._wake = asyncio.Event()
+        self.projection_busy = False
+        self.listener: Listener | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.scheduler_task: asyncio.Task[Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate the schema, start the listener, the event poster and the scheduler."""
+        from mwa_staging_operator.scheduler import Scheduler  # scheduler imports App's modules
+
+        applied = await self.db.run_conn(migrate)
+        if applied:
+            log.info("applied migrations %s", applied)
+        loop = asyncio.get_running_loop()
+        self.listener = Listener(
+            self.settings.dsn(),
+            NOTIFY_CHANNEL,
+            on_notify=lambda payload: loop.call_soon_threadsafe(self.wake),
+        )
+        self.listener.start()
+        self._tasks.append(asyncio.create_task(self.events.run(), name="event poster"))
+        self.scheduler = Scheduler(self)
+        self.scheduler_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
+
+    async def stop(self) -> None:
+        """Stop background work and close the clients (kopf's cleanup)."""
+        if self.scheduler_task is not None:
+            await self.scheduler.stop()
+            self.scheduler_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.listener is not None:
+            self.listener.stop()
+        await self.scout.aclose()
+        await self.http.aclose()
+        await self.callback_http.aclose()
+        await asyncio.to_thread(self.db.close)
+        self.kube_executor.shutdown(wait=False, cancel_futures=True)
+
+    def healthy(self) -> tuple[bool, str]:
+        """Liveness: the scheduler runs. A database outage is reported but is not fatal."""
+        if self.scheduler_task is None or self.scheduler_task.done():
+            return False, "scheduler not running"
+        listener = "connected" if self.listener and self.listener.connected else "reconnecting"
+        return True, f"ok (database listener {listener})"
+
+    # -- helpers -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the scheduler look at the database now (something changed)."""
+        self._wake.set()
+
+    @property
+    def wake_event(self) -> asyncio.Event:
+        return self._wake
+
+    async def kube(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking Kubernetes client call in the Kubernetes thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.kube_executor, lambda: fn(*args, **kwargs))
+
+    async def project(self, job_pk: int) -> None:
+        """Write the job's status now; on contention or errors leave it to the sweep."""
+        try:
+            outcome = await self.db.run_conn(lambda conn: project_job(conn, self.jobs, job_pk))
+        except Exception as exc:
+            log.warning("status projection of job %s failed: %s", job_pk, type(exc).__name__)
+            self.projection_busy = True
+            self.wake()
+            return
+        if outcome.busy:
+            self.projection_busy = True
+            self.wake()
+
+
+class Runtime:
+    """What exists before kopf starts (settings, health) and the App once started."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: App | None = None
+
+    def health(self) -> tuple[bool, str]:
+        if self.app is None:
+            return False, "starting"
+        return self.app.healthy()

@@ -1,0 +1,206 @@
+"""Taking on a new StagingJob: record, resolve, record the files, stage.
+
+The create handler must be idempotent: kopf runs it again after a crash, and a
+100,000-file job killed anywhere in here must end with exact counts and one
+callback. Each step is a database transaction that moves the row forward, and
+the handler resumes from the state it finds:
+
+=====================================  =========================================
+row state found                        what runs
+=====================================  =========================================
+none                                   insert (duplicate check), then all below
+``resolving``                          resolve, then COPY files + ``staging`` in
+                                       one transaction (all or nothing)
+``staging``, stage not yet recorded    stage the files still pending (staging a
+                                       path twice is harmless), record it
+anything else                          nothing (re-project the status)
+=====================================  =========================================
+
+The files are in the database *before* Scout is asked, because the archive's
+Kafka message for a file can arrive before the stage call returns and the
+bridge only matches files it finds there.
+
+Failures end the job with the contract's codes (100 and 101 from the lookup,
+102 when Scout still refuses after the retry budget, 199 for anything
+unexpected) and make the callback due. Database errors are not a reason to
+fail a job: they raise :class:`RetryLater` and kopf runs the handler again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg2
+
+from mwa_staging.callback import host_allowed
+from mwa_staging.db import jobs_queries as q
+from mwa_staging.db.rows import JobRow
+from mwa_staging.resolve import ResolveError, resolve_observation
+from mwa_staging.scout import ScoutError
+from mwa_staging.settings import Settings
+from mwa_staging.status import FAILURE_REASONS, Reason, ReturnCode
+from mwa_staging_operator import metrics
+from mwa_staging_operator.context import App
+from mwa_staging_operator.events import ObjectRef
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """A temporary problem (the database): run the handler again after ``delay`` seconds."""
+
+    def __init__(self, message: str, delay: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def new_job(body: Mapping[str, Any], settings: Settings) -> q.NewJob:
+    """What is recorded for a StagingJob object, with the operator's defaults applied."""
+    meta = body["metadata"]
+    spec = body["spec"]
+    callback = spec.get("callback") or {}
+    secret = (callback.get("secretRef") or {}).get("name")
+    ttl = spec.get("ttlSecondsAfterFinished")
+    return q.NewJob(
+        uid=meta["uid"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        job_id=int(spec["jobId"]),
+        generation=int(meta.get("generation") or 1),
+        notify_url=str(callback.get("url", "")),
+        callback_secret=secret or None,
+        active_deadline_s=int(spec.get("activeDeadlineSeconds") or settings.job_expiry_time),
+        restage_interval_s=int(spec.get("restageIntervalSeconds") or settings.file_restage_interval),
+        ttl_after_finished_s=None if ttl is None else int(ttl),
+    )
+
+
+def unique_paths(files: Sequence[str]) -> list[str]:
+    """The spec's files in order, each once (the same path twice is one file)."""
+    return list(dict.fromkeys(files))
+
+
+def ref_of(job: JobRow) -> ObjectRef:
+    return ObjectRef(job.namespace, job.name, job.uid)
+
+
+async def handle_create(app: App, body: Mapping[str, Any]) -> None:
+    """Take the job as far as it goes now (see the module's table)."""
+    settings = app.settings
+    new = new_job(body, settings)
+    ref = ObjectRef(new.namespace, new.name, new.uid)
+    try:
+        created = await app.db.run(lambda cur: q.create_job(cur, new))
+    except psycopg2.Error as exc:
+        raise RetryLater(f"database unavailable: {type(exc).__name__}") from exc
+    job = created.job
+    if created.duplicate_of is not None:
+        metrics.JOBS_CREATED.labels("duplicate").inc()
+        app.events.warning(ref, Reason.DUPLICATE_JOB_ID, job.message or "")
+        await app.project(job.id)
+        return
+    if created.created:
+        metrics.JOBS_CREATED.labels("accepted").inc()
+    try:
+        await _advance(app, job, body, ref, new_row=created.created)
+    except RetryLater:
+        raise
+    except psycopg2.Error as exc:
+        raise RetryLater(f"database error: {type(exc).__name__}") from exc
+    except Exception as exc:
+        log.exception("unexpected error creating StagingJob %s/%s", ref.namespace, ref.name)
+        message = f"unexpected error while creating the job: {type(exc).__name__}: {exc}"
+        await _fail(app, job, ref, ReturnCode.UNEXPECTED, message[:1000])
+
+
+async def _fail(
+    app: App,
+    job: JobRow,
+    ref: ObjectRef,
+    code: ReturnCode,
+    message: str,
+    *,
+    callback: bool = True,
+) -> None:
+    reason = FAILURE_REASONS[code]
+    changed = await app.db.run(
+        lambda cur: q.fail_job(cur, job.id, int(code), reason, message, callback=callback)
+    )
+    if changed:
+        metrics.JOBS_CREATED.labels(f"failed_{int(code)}").inc()
+        app.events.warning(ref, reason, f"return code {int(code)}: {message}")
+    await app.project(job.id)
+    app.wake()
+
+
+async def _advance(
+    app: App, job: JobRow, body: Mapping[str, Any], ref: ObjectRef, *, new_row: bool
+) -> None:
+    settings = app.settings
+    spec = body["spec"]
+    if job.state == "resolving" and not host_allowed(job.notify_url, settings.callback_allowed_hosts):
+        await _fail(
+            app,
+            job,
+            ref,
+            ReturnCode.UNEXPECTED,
+            "the callback URL's host is not among the operator's allowed callback hosts",
+            callback=False,
+        )
+        return
+
+    paths: list[str] | None = None
+    if job.state == "resolving":
+        if new_row:
+            await app.project(job.id)  # show Resolving while the lookup runs
+        try:
+            paths = await _resolve(app, spec)
+        except ResolveError as exc:
+            await _fail(app, job, ref, exc.code, exc.message)
+            return
+        recorded = await app.db.run(lambda cur: q.record_files(cur, job.id, paths or []))
+        if recorded:
+            metrics.FILES_RESOLVED.inc(len(paths))
+            app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
+            await app.project(job.id)
+        else:
+            paths = None
+
+    current = await app.db.run(lambda cur: q.get_job(cur, job.id))
+    if current is None or current.state != "staging" or current.stage_requested_at is not None:
+        await app.project(job.id)
+        return
+    if paths is None:  # resumed after a restart: only what has no news yet
+        paths = await app.db.run(lambda cur: q.pending_paths(cur, job.id))
+    try:
+        calls = await app.scout.stage(paths, str(current.job_id), settings.kafka_topic)
+    except ScoutError as exc:
+        await _fail(app, current, ref, ReturnCode.STAGE_FAILED, str(exc))
+        return
+    await app.db.run(lambda cur: q.mark_stage_requested(cur, job.id))
+    app.events.normal(
+        ref,
+        Reason.STAGE_REQUESTED,
+        f"asked the archive to stage {len(paths)} files in {calls} call(s)",
+    )
+    await app.project(job.id)
+    app.wake()  # the first restage pass is now scheduled
+
+
+async def _resolve(app: App, spec: Mapping[str, Any]) -> list[str]:
+    files = spec.get("files")
+    if files is not None:
+        paths = unique_paths([str(f) for f in files])
+        if not paths:
+            raise ResolveError(ReturnCode.NO_FILES, "spec.files is empty")
+        return paths
+    obs = spec.get("observation") or {}
+    return await resolve_observation(
+        app.http,
+        app.settings,
+        int(obs["obsId"]),
+        obs.get("startTime"),
+        obs.get("duration"),
+    )

@@ -1,0 +1,82 @@
+"""PostgreSQL LISTEN in a thread: the bridge's NOTIFY wakes the scheduler at once.
+
+When the Kafka bridge ends a job it sends ``NOTIFY mwa_staging_jobs, '<id>'``
+in the same transaction; the scheduler must then send the callback. Listening
+costs one idle connection and nothing per job, which is what lets the
+operator sleep until the next due time instead of polling. After a lost
+connection the listener reconnects and calls ``on_notify`` once, because
+notifications sent while it was away are gone (the scheduler then re-reads
+the due times, so nothing is missed).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+from collections.abc import Callable
+
+import psycopg2
+from psycopg2 import sql
+
+from mwa_staging.db.connect import connect
+
+log = logging.getLogger(__name__)
+
+
+class Listener(threading.Thread):
+    """A daemon thread that calls ``on_notify(payload)`` for each notification."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        on_notify: Callable[[str], None],
+        poll_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(name=f"listen-{channel}", daemon=True)
+        self._dsn = dsn
+        self._channel = channel
+        self._on_notify = on_notify
+        self._poll = poll_seconds
+        self._stopping = threading.Event()
+        self.connected = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = connect(self._dsn, application_name="mwa-staging-operator-listen")
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self.connected = True
+                backoff = 1.0
+                self._on_notify("")  # catch up on whatever happened while not listening
+                while not self._stopping.is_set():
+                    ready, _, _ = select.select([conn], [], [], self._poll)
+                    if not ready:
+                        continue
+                    conn.poll()
+                    while conn.notifies:
+                        note = conn.notifies.pop(0)
+                        self._on_notify(note.payload)
+            except (psycopg2.Error, OSError) as exc:
+                if not self._stopping.is_set():
+                    log.warning(
+                        "LISTEN %s lost (%s); reconnecting in %.0f s",
+                        self._channel, type(exc).__name__, backoff,
+                    )
+            finally:
+                self.connected = False
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 30.0)

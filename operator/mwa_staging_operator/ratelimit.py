@@ -1,0 +1,53 @@
+"""A global limit on callbacks: at most N in any sliding window of ``period`` seconds.
+
+The original limited callbacks to 200 a minute so that a burst of finished
+jobs (e.g. after an outage of the portal) does not flood the client. A sliding
+log of send times gives exactly "at most N in any minute" (a token bucket would
+allow up to 2N across a minute boundary). The limiter is consulted *before*
+callbacks are claimed from the database, so a claimed callback is sent at once
+and its lease never expires while it waits for a slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class SlidingWindowLimiter:
+    """``available()`` slots now; ``take()`` uses one; ``wait_seconds()`` until the next."""
+
+    def __init__(
+        self, limit: int, period: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._sent: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0] <= now - self.period:
+            self._sent.popleft()
+
+    def available(self) -> int:
+        now = self._clock()
+        self._expire(now)
+        return self.limit - len(self._sent)
+
+    def take(self) -> None:
+        now = self._clock()
+        self._expire(now)
+        if len(self._sent) >= self.limit:
+            raise RuntimeError("no slot available: call available() first")
+        self._sent.append(now)
+
+    def wait_seconds(self) -> float:
+        """0 when a slot is free, else seconds until the oldest send leaves the window."""
+        now = self._clock()
+        self._expire(now)
+        if len(self._sent) < self.limit:
+            return 0.0
+        return max(0.0, self._sent[0] + self.period - now)
