@@ -15,10 +15,10 @@ PYTEST_ARGS ?=
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench
+.PHONY: help deps apt venv build up down status env lint format test demo bench chart-crd image kind-e2e
 
 help:
-	@echo "make deps|build|up|down|status|env|lint|format|test|demo|bench"
+	@echo "make demo | test | up | down | status | env | lint | format | bench | deps | build | chart-crd | image | kind-e2e"
 
 ## deps: Debian packages and the project virtualenv (quick when done)
 deps: apt venv
@@ -55,7 +55,7 @@ down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down --root $(STACK_ROOT); fi
 
 status:
-	@$(PY) -m devstack status --root $(STACK_ROOT)
+	@$(PY) -m devstack status --root $(STACK_ROOT) || true
 
 env:
 	@$(PY) -m devstack env --root $(STACK_ROOT)
@@ -75,8 +75,23 @@ test: deps build lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
 	exit $$rc
 
+## demo: the stack with the operator and the bridge, the examples applied and followed
 demo: up
-	@echo "make demo: not written yet"
+	$(PY) -m devstack.demo --root $(STACK_ROOT)
 
-bench: up
-	@echo "make bench: not written yet"
+## bench: benchmarks on their own stacks (figures as JSON on stdout)
+bench: deps build
+	$(PY) -m bench.bridge_bench $(BENCH_ARGS)
+
+## chart-crd: copy the CRD into the chart (a test fails when they differ)
+chart-crd:
+	cp crds/stagingjobs.yaml charts/mwa-staging/files/crds/stagingjobs.yaml
+
+IMAGE ?= mwa-staging:0.1.0
+## image: build the container image (needs a Docker engine; none on this project's machines)
+image:
+	docker build -t $(IMAGE) .
+
+## kind-e2e: kind cluster + image + chart + the e2e tests (needs Docker and kind; not run by CI)
+kind-e2e: venv
+	hack/kind-e2e.sh

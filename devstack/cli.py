@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SERVICE_KINDS)} to run from the working tree",
     )
     args = parser.parse_args(argv)
-    stack = Stack(args.root, scout_nodes=args.scout_nodes, services=args.services)
+    services = args.services
+    if args.command != "up" and not services:
+        # down and status see every service that may have been started by an earlier up.
+        services = list(SERVICE_KINDS)
+    stack = Stack(args.root, scout_nodes=args.scout_nodes, services=services)
 
     if args.command == "up":
         try:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from devstack.stack import Stack
 
@@ -52,6 +55,13 @@ def _phases(stack: Stack) -> dict[str, str]:
     return {i["metadata"]["name"]: i.get("status", {}).get("phase", "") for i in items}
 
 
+def _register_callback_user(env: dict[str, str]) -> None:
+    """Tell the callback receiver to accept the credentials of the example's Secret."""
+    base = env["CALLBACK_URL"].rsplit("/callback", 1)[0]
+    body = {"user": env["CALLBACK_USERNAME"], "password": env["CALLBACK_PASSWORD"]}
+    httpx.post(f"{base}/_control/users", json=body, timeout=10).raise_for_status()
+
+
 def _log_size(log: Path) -> int:
     return log.stat().st_size if log.exists() else 0
 
@@ -75,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = Stack(args.root, services=("operator", "kafka-bridge"))
     stack.up()
-    env = stack.env
+    env = dict(stack.env)
+    env["CALLBACK_USERNAME"] = "portal-" + secrets.token_hex(4)
+    env["CALLBACK_PASSWORD"] = secrets.token_hex(16)
+    _register_callback_user(env)
     started = time.time()
     callback_log = Path(env["CALLBACK_LOG"])
     log_offset = _log_size(callback_log)
@@ -83,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== Creating namespace 'demo' and applying examples/")
     _kubectl(stack, "create", "namespace", NAMESPACE)
     _kubectl(stack, "delete", "stagingjobs", "--all", "-n", NAMESPACE, "--wait=true")
+    for name in sorted(p.name for p in EXAMPLES.glob("*secret*.yaml")):
+        _kubectl(stack, "apply", "-n", NAMESPACE, "-f", "-", stdin=_render(EXAMPLES / name, env))
     for name in GOOD:
         result = _kubectl(
             stack, "apply", "-n", NAMESPACE, "-f", "-", stdin=_render(EXAMPLES / name, env)
         )
         print(f"$ kubectl apply -f examples/{name}\n{(result.stdout or result.stderr).strip()}")
-    for name in sorted(p.name for p in EXAMPLES.glob("*secret*.yaml")):
-        _kubectl(stack, "apply", "-n", NAMESPACE, "-f", "-", stdin=_render(EXAMPLES / name, env))
 
     print(f"\n== An invalid manifest is refused by the API server: examples/{INVALID}")
     result = _kubectl(

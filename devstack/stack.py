@@ -30,7 +30,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ from devstack.components.kafka import Kafka
 from devstack.components.postgres import Postgres, database_url
 from devstack.components.services import KafkaBridge, Operator, Service
 from devstack.components.sims import Banksia, Callback, DataFiles, ScoutNode
+from devstack.pki import PKI
 
 SERVICE_KINDS = ("operator", "kafka-bridge")
 SPAWNABLE_KINDS = ("operator", "kafka-bridge", "scout", "data-files", "callback")
@@ -94,8 +94,6 @@ class Stack:
         self.root = Path(root).resolve()
         self.scout_nodes = scout_nodes
         self.services = tuple(services)
-        from devstack.pki import PKI
-
         self.pki = PKI(self.root / "pki")
         self._lock = threading.RLock()
         self._ports: dict[str, int] | None = None
@@ -497,6 +495,9 @@ class Stack:
         for name in self._known_names():
             proc = procs.find(self.root, name)
             comp = comps.get(name)
+            no_pid_file = not procs.pid_file(self.root, name).exists()
+            if isinstance(comp, Service) and proc is None and no_pid_file:
+                continue  # a service this stack was not asked to run
             ports = comp.ports(self) if comp and self._port_map() else []
             rows.append((name, proc.pid if proc else None, ports))
         return rows
@@ -507,7 +508,3 @@ class Stack:
         ports = list(self._port_map().values())
         found += [f"port {port}" for port in sorted(procs.ports_listening(ports))]
         return found
-
-
-def main_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

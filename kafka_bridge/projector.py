@@ -73,19 +73,20 @@ class Projector(threading.Thread):
         while not self._stop.is_set():
             try:
                 delay = self._pass()
-                self._backoff.reset()
             except psycopg2.Error as exc:
                 self._drop()
-                delay = self._backoff.next()
                 self._rlog.warning("db", "projector: database error, retrying: %s", exc)
             except Exception as exc:  # the API server, network, TLS: keep the marks, retry
                 metrics.PATCHES.labels("error").inc()
-                delay = self._backoff.next()
-                self._rlog.warning(
-                    "api", "projector: status patch failed, retrying in %.1fs: %s", delay, exc
-                )
+                self._rlog.warning("api", "projector: status patch failed, will retry: %s", exc)
                 self._rollback()
-            self._wake.wait(delay)
+            else:
+                self._backoff.reset()
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            # Failing: back off, and do not let the consumer's wake-ups shorten it.
+            self._stop.wait(self._backoff.next())
             self._wake.clear()
         self._drop()
 
@@ -97,6 +98,7 @@ class Projector(threading.Thread):
     def _pass(self) -> float:
         """Project what is due; return how long to sleep before the next pass."""
         conn = self._connection()
+        self._count_dirty(conn)  # first: the gauge must show marks piling up during an outage
         while not self._stop.is_set():
             self._busy = 0
             patched = project_dirty(
@@ -108,15 +110,21 @@ class Projector(threading.Thread):
             )
             if patched + self._busy < PASS_LIMIT:
                 break
+        self._count_dirty(conn)
         with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM jobs WHERE version > projected_version")
-            row = cur.fetchone()
-            metrics.DIRTY_JOBS.set(row[0] if row else 0)
             due = status_queries.next_dirty_due(cur, min_interval_s=self._min_interval)
         conn.commit()
         if self._busy:
             return BUSY_PAUSE_S
         return IDLE_RECHECK_S if due is None else min(max(due, 0.01), IDLE_RECHECK_S)
+
+    @staticmethod
+    def _count_dirty(conn: Connection) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM jobs WHERE version > projected_version")
+            row = cur.fetchone()
+        conn.commit()
+        metrics.DIRTY_JOBS.set(row[0] if row else 0)
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:

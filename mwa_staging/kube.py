@@ -8,7 +8,7 @@ metadata are never touched and a patch of a deleted object is a harmless 404.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 from kubernetes.client import ApiClient, CustomObjectsApi
@@ -78,4 +78,4 @@ class StagingJobs:
             if exc.status == 404:
                 return None
             raise
-        return dict(obj)
+        return dict(cast(dict[str, Any], obj))

@@ -78,7 +78,9 @@ def paths_from_body(body: Any) -> list[str]:
     ResolveError(101) for an answer with no files.
     """
     if not isinstance(body, dict):
-        raise ResolveError(ReturnCode.LOOKUP_FAILED, "data_files answered something not a JSON object")
+        raise ResolveError(
+            ReturnCode.LOOKUP_FAILED, "data_files answered something not a JSON object"
+        )
     paths: dict[str, None] = {}
     for filename, entry in body.items():
         if not isinstance(filename, str) or not filename or not isinstance(entry, dict):
@@ -152,7 +154,11 @@ async def resolve_observation(
         if attempt < attempts:
             log.warning(
                 "looking up observation %s failed (%s); attempt %d of %d, retrying in %.1f s",
-                obs_id, problem, attempt, attempts, pause,
+                obs_id,
+                problem,
+                attempt,
+                attempts,
+                pause,
             )
             await sleep(pause)
             pause *= 2

@@ -214,7 +214,8 @@ class ScoutClient:
                 raise _Transient(f"login: HTTP {response.status_code}", response.status_code)
             if response.status_code != 200:
                 raise ScoutError(
-                    "login", f"HTTP {response.status_code} (check the credentials)",
+                    "login",
+                    f"HTTP {response.status_code} (check the credentials)",
                     response.status_code,
                 )
             token = _json(response, "login").get("response")
@@ -259,7 +260,8 @@ class ScoutClient:
                 if missing_ok and 400 <= response.status_code < 500:
                     return None
                 raise ScoutError(
-                    endpoint, f"HTTP {response.status_code}: {_short(response)}",
+                    endpoint,
+                    f"HTTP {response.status_code}: {_short(response)}",
                     response.status_code,
                 )
             except _Transient as exc:
@@ -272,9 +274,7 @@ class ScoutClient:
                         f"{self._settings.scout_retry_budget_seconds:g} s of retries)",
                         exc.status,
                     ) from None
-                log.warning(
-                    "Scout %s call failed (%s); retrying in %.1f s", endpoint, exc, pause
-                )
+                log.warning("Scout %s call failed (%s); retrying in %.1f s", endpoint, exc, pause)
                 await self._sleep(min(pause, remaining))
 
     async def _send(

@@ -48,7 +48,7 @@ class Component:
         raise NotImplementedError
 
     def env(self, stack: Stack) -> dict[str, str]:
-        return {**os.environ, **self.extra_env}
+        return {**inherited_env(), **self.extra_env}
 
     def cwd(self, stack: Stack) -> Path:
         return stack.root
@@ -63,6 +63,38 @@ class Component:
     def ports(self, stack: Stack) -> list[int]:
         """The TCP ports this component listens on (checked free after a stop)."""
         return []
+
+
+#: Variables of a stack's env file and of the services' settings. They are not
+#: inherited from the launcher's environment: after ``source .stack/env``, a test
+#: stack's operator must not pick up the other stack's ``SCOUT_LOGIN_URL``.
+STACK_VARIABLE_PREFIXES = (
+    "KUBECONFIG",
+    "DATABASE_URL",
+    "DBUSER",
+    "DBPASSWORD",
+    "DBHOST",
+    "DBNAME",
+    "DBPORT",
+    "KAFKA_",
+    "SCOUT_",
+    "SIM_",
+    "DATA_FILES_URL",
+    "CALLBACK_",
+    "RESULT_",
+    "OPERATOR_",
+    "BRIDGE_",
+    "JOB_EXPIRY_TIME",
+    "FILE_RESTAGE_INTERVAL",
+    "REPORT_EXPIREDAYS",
+    "STACK_ROOT",
+    "LOG_LEVEL",
+)
+
+
+def inherited_env() -> dict[str, str]:
+    """The launcher's environment without any stack or service setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(STACK_VARIABLE_PREFIXES)}
 
 
 def python() -> str:

@@ -1,9 +1,10 @@
 """HAProxy from Debian's packages in front of the Scout nodes, as production has it.
 
-:func:`render_config` is the one place the Scout front's configuration is written
-(the Helm chart issue is to render the same text): HTTP mode, TLS on the front
-with a certificate of the stack CA, round robin, active health checks, ``retries
-3`` with ``option redispatch`` and the timeouts of CONTRACTS.md section 1.
+The configuration is the Helm chart's own (``charts/mwa-staging/files/haproxy.cfg.tpl``,
+rendered by :func:`devstack.chart.haproxy_config` with loopback addresses), so the
+stack runs exactly what the chart deploys: HTTP mode, TLS on the front with a
+certificate of the stack CA, round robin, active health checks, ``retries 3`` with
+``option redispatch`` and the timeouts of CONTRACTS.md section 1.
 
 The real Scout API has no health endpoint, so the check asks ``GET /v1/fscache``
 without a token and counts 200 or 401 as alive. Checks every 500 ms and 3 failures
@@ -20,11 +21,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devstack import chart
 from devstack.components import http
 from devstack.components.base import Component
 
@@ -32,65 +32,6 @@ if TYPE_CHECKING:
     from devstack.stack import Stack
 
 HAPROXY = "/usr/sbin/haproxy"
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One Scout node behind HAProxy."""
-
-    name: str
-    address: str  # host:port
-
-
-def render_config(
-    *,
-    bind: str,
-    backends: Sequence[Backend],
-    crt: str | None = None,
-    stats_socket: str | None = None,
-    check_interval: str = "500ms",
-) -> str:
-    """The HAProxy configuration of the Scout front.
-
-    ``bind`` is ``address:port``; with ``crt`` (a PEM with certificate, chain and key)
-    the front speaks TLS. Backends are plain HTTP, as the Scout nodes are reached on
-    the private network.
-    """
-    tls = f" ssl crt {crt}" if crt else ""
-    lines = [
-        "global",
-        "    log stderr format raw local0 info",
-        "    maxconn 4096",
-    ]
-    if stats_socket:
-        lines.append(f"    stats socket {stats_socket} mode 600 level admin")
-    lines += [
-        "",
-        "defaults",
-        "    mode http",
-        "    log global",
-        "    option httplog",
-        "    option dontlognull",
-        "    timeout connect 4s",
-        "    timeout client 30s",
-        "    timeout server 30s",
-        "    timeout check 2s",
-        "    retries 3",
-        "    option redispatch",
-        "    retry-on conn-failure empty-response",
-        "",
-        "frontend scout",
-        f"    bind {bind}{tls}",
-        "    default_backend scout_nodes",
-        "",
-        "backend scout_nodes",
-        "    balance roundrobin",
-        "    option httpchk GET /v1/fscache",
-        "    http-check expect rstatus ^(200|401)$",
-        f"    default-server check inter {check_interval} fall 3 rise 2",
-    ]
-    lines += [f"    server {b.name} {b.address}" for b in backends]
-    return "\n".join(lines) + "\n"
 
 
 class Haproxy(Component):
@@ -111,12 +52,14 @@ class Haproxy(Component):
         hdir = stack.root / "haproxy"
         hdir.mkdir(exist_ok=True)
         pem = stack.pki.combined_pem(stack.pki.issue("haproxy", common_name="127.0.0.1"))
-        backends = [Backend(name, f"127.0.0.1:{stack.port(name)}") for name in stack.scout_names()]
-        config = render_config(
+        nodes = [(name, "127.0.0.1", stack.port(name)) for name in stack.scout_names()]
+        config = chart.haproxy_config(
             bind=f"127.0.0.1:{stack.port('haproxy')}",
-            backends=backends,
-            crt=str(pem),
+            monitor_bind=f"127.0.0.1:{stack.port('haproxy-monitor')}",
+            nodes=nodes,
+            cert_file=str(pem),
             stats_socket=str(hdir / "admin.sock"),
+            check_interval="500ms",
         )
         path = self.config_path(stack)
         path.write_text(config)
@@ -136,4 +79,4 @@ class Haproxy(Component):
         return code != 503 or not stack.scout_names(running_only=True)
 
     def ports(self, stack: Stack) -> list[int]:
-        return [stack.port("haproxy")]
+        return [stack.port("haproxy"), stack.port("haproxy-monitor")]

@@ -30,63 +30,90 @@ NOTIFY_CHANNEL = "mwa_staging_jobs"
 UNKNOWN_PATH_COUNTER = "unknown_path_messages"
 MALFORMED_COUNTER = "malformed_messages"
 
-# Per-session scratch table holding the batch aggregated per path.
+# Per-session scratch table: the batch aggregated per path, joined with the
+# file rows holding each path (job NULL: the path is in no job).
 _CREATE_SCRATCH = """
-CREATE TEMP TABLE IF NOT EXISTS bridge_arrivals (
-    path   text PRIMARY KEY,
+CREATE TEMP TABLE IF NOT EXISTS bridge_pairs (
+    path   text NOT NULL,
     ok     boolean NOT NULL,
     error  text,
     t      timestamptz NOT NULL,
-    n      integer NOT NULL
+    n      integer NOT NULL,
+    job    bigint
 ) ON COMMIT DELETE ROWS
 """
 
-# A path with any successful message in the batch counts as staged.
-_LOAD = """
-INSERT INTO bridge_arrivals (path, ok, error, t, n)
-SELECT path, bool_or(err IS NULL), max(err), to_timestamp(max(t)), count(*)
-FROM unnest(%s::text[], %s::text[], %s::float8[]) AS m(path, err, t)
-GROUP BY path
+# Columns arrive as single strings split by a separator that no value contains
+# (checked by the caller): one literal to parse instead of thousands of array
+# elements, which is what makes psycopg2's list adaptation slow. A path with
+# any successful message in the batch counts as staged. One index probe per
+# path finds every file row holding it.
+_LOAD_TEMPLATE = """
+INSERT INTO bridge_pairs (path, ok, error, t, n, job)
+SELECT a.path, a.ok, a.error, a.t, a.n, f.job
+FROM (
+    SELECT path, bool_or(err IS NULL) AS ok, max(err) AS error,
+           to_timestamp(max(t)) AS t, count(*) AS n
+    FROM unnest({columns}) AS m(path, err, t)
+    GROUP BY path
+) a
+LEFT JOIN job_files f ON f.path = a.path
+ORDER BY f.job, a.path
 """
+_LOAD = _LOAD_TEMPLATE.format(
+    columns="string_to_array(%(paths)s, %(sep)s), string_to_array(%(errors)s, %(sep)s, ''),"
+    " string_to_array(%(times)s, %(sep)s)::float8[]"
+)
+# The same with plain arrays, for a batch where every separator occurs in some value.
+_LOAD_ARRAYS = _LOAD_TEMPLATE.format(
+    columns="%(paths)s::text[], %(errors)s::text[], %(times)s::float8[]"
+)
 
 # Only jobs in `staging` take arrivals: the operator moves a job there in the
 # transaction that records its files, so `staging` means every file is known.
+# A job without failed files has no file in state 2, which is what lets the
+# common case below skip reading old states.
 _LOCK_JOBS = """
-SELECT id FROM jobs
-WHERE state = 'staging'
-  AND id IN (SELECT f.job FROM bridge_arrivals a JOIN job_files f ON f.path = a.path)
+SELECT id, error_files > 0 FROM jobs
+WHERE id IN (SELECT job FROM bridge_pairs WHERE job IS NOT NULL) AND state = 'staging'
 ORDER BY id
 FOR UPDATE
 """
 
-# `target` reads each file's current state under its row lock (re-checked if a
-# concurrent change committed meanwhile), which gives the counter deltas:
-# pending -> ready (+1 ready), error -> ready (+1 ready, -1 error),
-# pending -> error (+1 error). Ready files never move back.
+# Transitions, each its own UPDATE over disjoint rows so the counter deltas
+# follow from the WHERE clause (RETURNING shows only new values):
+#   pending -> ready  (+1 ready)          pending -> error (+1 error)
+#   error   -> ready  (+1 ready, -1 error; only in jobs that have failed files)
+# Ready files never move back. The job rows are locked, and every writer of
+# job_files locks the job first, so these rows cannot change under us; the
+# state predicates are re-checked on the newest row version regardless.
 _APPLY = """
-WITH target AS (
-    SELECT f.job, f.path, f.state AS old_state, a.ok, a.error, a.t
-    FROM bridge_arrivals a
-    JOIN job_files f ON f.path = a.path
-    WHERE f.job = ANY(%(jobs)s)
-      AND CASE WHEN a.ok THEN f.state <> 1 ELSE f.state = 0 END
-    ORDER BY f.job, f.path
-    FOR UPDATE OF f
+WITH first AS (
+    UPDATE job_files f
+    SET state = CASE WHEN p.ok THEN 1 ELSE 2 END,
+        error = CASE WHEN p.ok THEN NULL ELSE p.error END,
+        updated_at = now()
+    FROM bridge_pairs p
+    WHERE f.job = p.job AND f.path = p.path AND f.state = 0 AND p.job = ANY(%(jobs)s)
+    RETURNING p.job, p.path, p.ok, p.t
+),
+recovered AS (
+    UPDATE job_files f
+    SET state = 1, error = NULL, updated_at = now()
+    FROM bridge_pairs p
+    WHERE f.job = p.job AND f.path = p.path AND f.state = 2 AND p.ok
+      AND p.job = ANY(%(jobs_with_errors)s)
+    RETURNING p.job, p.path, p.t
 ),
 changed AS (
-    UPDATE job_files f
-    SET state = CASE WHEN t.ok THEN 1 ELSE 2 END,
-        error = CASE WHEN t.ok THEN NULL ELSE t.error END,
-        updated_at = now()
-    FROM target t
-    WHERE f.job = t.job AND f.path = t.path
-    RETURNING t.job, t.path, t.old_state, t.ok, t.t
+    SELECT job, path, t, CASE WHEN ok THEN 1 ELSE 0 END AS ready,
+           CASE WHEN ok THEN 0 ELSE 1 END AS errors
+    FROM first
+    UNION ALL
+    SELECT job, path, t, 1, -1 FROM recovered
 ),
 per_job AS (
-    SELECT job,
-           count(*) FILTER (WHERE ok) AS ready,
-           count(*) FILTER (WHERE NOT ok) - count(*) FILTER (WHERE ok AND old_state = 2) AS errors,
-           max(t) AS last
+    SELECT job, sum(ready) AS ready, sum(errors) AS errors, max(t) AS last
     FROM changed
     GROUP BY job
 ),
@@ -100,10 +127,7 @@ bumped AS (
     WHERE j.id = p.job
     RETURNING j.id
 )
-SELECT (SELECT count(DISTINCT path) FROM changed),
-       (SELECT count(*) FROM bumped),
-       (SELECT coalesce(sum(n), 0) FROM bridge_arrivals a
-        WHERE NOT EXISTS (SELECT 1 FROM job_files f WHERE f.path = a.path))
+SELECT (SELECT count(DISTINCT path) FROM changed), (SELECT count(*) FROM bumped)
 """
 
 # The bridge ends a job in the transaction that records its last file, so a
@@ -213,8 +237,16 @@ class Recorded:
 
 
 def prepare_session(cur: Cursor) -> None:
-    """Create the session's scratch table (once per connection)."""
+    """Create the session's scratch table and fix its join strategy (once per connection).
+
+    The scratch table has no statistics, so the planner can take a batch of a
+    few thousand rows for a big one and hash-join it against a full scan of
+    ``job_files`` (millions of rows in production). Index nested loops are
+    always right for a batch, so this session uses nothing else.
+    """
     cur.execute(_CREATE_SCRATCH)
+    cur.execute("SET enable_hashjoin = off")
+    cur.execute("SET enable_mergejoin = off")
 
 
 def lock_offsets(cur: Cursor, topic: str, partitions: Sequence[int]) -> dict[int, int]:
@@ -267,16 +299,49 @@ def record(
 
 
 def _apply_arrivals(cur: Cursor, arrivals: Arrivals, out: Recorded) -> None:
-    cur.execute(_LOAD, (arrivals.paths, arrivals.errors, arrivals.times))
+    packed = _packed(arrivals)
+    if packed is not None:
+        cur.execute(_LOAD, packed)
+    else:
+        cur.execute(
+            _LOAD_ARRAYS,
+            {"paths": arrivals.paths, "errors": arrivals.errors, "times": arrivals.times},
+        )
     cur.execute(_LOCK_JOBS)
-    jobs = [row[0] for row in cur.fetchall()]
-    cur.execute(_APPLY, {"jobs": jobs})
-    row = cur.fetchone()
-    if row:
-        out.applied, out.jobs_touched, out.unknown = int(row[0]), int(row[1]), int(row[2])
-    if jobs:
+    locked = cur.fetchall()
+    if locked:
+        jobs = [row[0] for row in locked]
+        with_errors = [row[0] for row in locked if row[1]]
+        cur.execute(_APPLY, {"jobs": jobs, "jobs_with_errors": with_errors})
+        row = cur.fetchone()
+        if row:
+            out.applied, out.jobs_touched = int(row[0]), int(row[1])
         cur.execute(_COMPLETE, (jobs, NOTIFY_CHANNEL))
         out.completed = [r[0] for r in cur.fetchall()]
+    cur.execute("SELECT coalesce(sum(n), 0) FROM bridge_pairs WHERE job IS NULL")
+    row = cur.fetchone()
+    out.unknown = int(row[0]) if row else 0
+
+
+# Candidate separators, tried in order: control characters no sane path holds.
+_SEPARATORS = ("\x1f", "\x1e", "\x1d", "\x1c")
+
+
+def _packed(arrivals: Arrivals) -> dict[str, str | None] | None:
+    """The three columns as separator-joined strings (see _LOAD), or None if none fits."""
+    count = len(arrivals.paths)
+    errors = arrivals.errors
+    any_error = any(e is not None for e in errors)
+    for sep in _SEPARATORS:
+        paths = sep.join(arrivals.paths)
+        if paths.count(sep) != count - 1:
+            continue
+        errs = sep.join([e or "" for e in errors]) if any_error else None
+        if errs is not None and errs.count(sep) != count - 1:
+            continue
+        times = sep.join(map(repr, arrivals.times))
+        return {"paths": paths, "errors": errs, "times": times, "sep": sep}
+    return None
 
 
 def heartbeat(

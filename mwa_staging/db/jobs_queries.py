@@ -236,20 +236,25 @@ def fail_job(
 
 
 def completion_message(total: int, ready: int, errors: int) -> str:
-    """The comment of a complete job (the bridge writes the same words)."""
+    """The comment of a complete job: the same words the bridge writes (db/arrivals.py)."""
     if errors == 0:
-        return f"all {total} files staged"
-    return f"{ready} of {total} files staged, {errors} failed"
+        return f"{ready} of {total} files staged"
+    return f"{ready} staged, {errors} failed"
 
 
 def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[int, bool]:
-    """Record files found on disk; complete the job if that was the last. Returns (marked, completed).
+    """Record files found on disk, completing the job if they were its last.
 
-    Races with the bridge are safe: a file row moves from pending only once
-    (``state = 0`` in the WHERE, re-checked under the row lock), counters are
-    incremented, not recomputed, and the job row lock orders the two writers.
+    Returns (files marked, whether the job completed). Safe against the bridge
+    doing the same at the same time: the job row is locked first (the bridge's
+    lock order: jobs, then job_files), a file moves from pending only once, and
+    counters are incremented, never recomputed.
     """
     if not paths:
+        return 0, False
+    cur.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (job_pk,))
+    locked = cur.fetchone()
+    if locked is None or locked[0] != "staging":
         return 0, False
     cur.execute(
         "WITH marked AS (UPDATE job_files SET state = 1, updated_at = now()"
@@ -264,14 +269,13 @@ def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[in
     cur.execute(
         "UPDATE jobs SET ready_files = ready_files + %s, last_file_time = now(),"
         " version = version + 1 WHERE id = %s"
-        " RETURNING state, total_files, ready_files, error_files",
+        " RETURNING total_files, ready_files, error_files",
         (marked, job_pk),
     )
-    state_row = cur.fetchone()
-    if state_row is None:
-        return marked, False
-    state, total, ready, errors = state_row
-    if state != "staging" or ready + errors < total:
+    counts = cur.fetchone()
+    assert counts is not None
+    total, ready, errors = counts
+    if ready + errors < total:
         return marked, False
     cur.execute(
         "UPDATE jobs SET state = 'complete', return_code = %s, reason = %s, message = %s,"
@@ -520,14 +524,16 @@ def record_callback_result(
     return cur.fetchone() is not None
 
 
-def callback_attempts(cur: Cursor, job_pk: int) -> list[tuple[int, datetime, int | None, str | None]]:
+def callback_attempts(
+    cur: Cursor, job_pk: int
+) -> list[tuple[int, datetime, int | None, str | None]]:
     """(attempt, at, http_status, error) of every attempt, oldest first."""
     cur.execute(
         "SELECT attempt, at, http_status, error FROM callback_attempts WHERE job = %s"
         " ORDER BY attempt",
         (job_pk,),
     )
-    return [tuple(row) for row in cur.fetchall()]  # type: ignore[misc]
+    return [(int(a), at, status, error) for a, at, status, error in cur.fetchall()]
 
 
 # --- deletion ------------------------------------------------------------------
@@ -574,8 +580,7 @@ def iter_files(
         cur.itersize = batch
         if state is None:
             cur.execute(
-                "SELECT path, state, updated_at, error FROM job_files WHERE job = %s"
-                " ORDER BY path",
+                "SELECT path, state, updated_at, error FROM job_files WHERE job = %s ORDER BY path",
                 (job_pk,),
             )
         else:

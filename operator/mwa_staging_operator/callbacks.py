@@ -54,7 +54,9 @@ async def credentials(app: App, job: JobRow) -> tuple[str, str]:
         return app.settings.result_username, app.settings.result_password.get_secret_value()
     try:
         secret = await app.kube(
-            app.core.read_namespaced_secret, job.callback_secret, job.namespace,
+            app.core.read_namespaced_secret,
+            job.callback_secret,
+            job.namespace,
             _request_timeout=10,
         )
     except ApiException as exc:
@@ -104,9 +106,7 @@ async def attempt(app: App, job: JobRow) -> None:
             )
         )
         metrics.CALLBACKS.labels("delivered").inc()
-        app.events.normal(
-            ref, Reason.CALLBACK_DELIVERED, f"callback delivered (attempt {number})"
-        )
+        app.events.normal(ref, Reason.CALLBACK_DELIVERED, f"callback delivered (attempt {number})")
     else:
         decision = after_failure(
             number,

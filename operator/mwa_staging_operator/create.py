@@ -29,6 +29,7 @@ fail a job: they raise :class:`RetryLater` and kopf runs the handler again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,7 +73,9 @@ def new_job(body: Mapping[str, Any], settings: Settings) -> q.NewJob:
         notify_url=str(callback.get("url", "")),
         callback_secret=secret or None,
         active_deadline_s=int(spec.get("activeDeadlineSeconds") or settings.job_expiry_time),
-        restage_interval_s=int(spec.get("restageIntervalSeconds") or settings.file_restage_interval),
+        restage_interval_s=int(
+            spec.get("restageIntervalSeconds") or settings.file_restage_interval
+        ),
         ttl_after_finished_s=None if ttl is None else int(ttl),
     )
 
@@ -140,7 +143,9 @@ async def _advance(
 ) -> None:
     settings = app.settings
     spec = body["spec"]
-    if job.state == "resolving" and not host_allowed(job.notify_url, settings.callback_allowed_hosts):
+    if job.state == "resolving" and not host_allowed(
+        job.notify_url, settings.callback_allowed_hosts
+    ):
         await _fail(
             app,
             job,
@@ -155,12 +160,23 @@ async def _advance(
     if job.state == "resolving":
         if new_row:
             await app.project(job.id)  # show Resolving while the lookup runs
+        started = time.monotonic()
         try:
             paths = await _resolve(app, spec)
         except ResolveError as exc:
             await _fail(app, job, ref, exc.code, exc.message)
             return
+        resolved = time.monotonic()
         recorded = await app.db.run(lambda cur: q.record_files(cur, job.id, paths or []))
+        log.info(
+            "job %s (%s/%s): %d files resolved in %.2f s, recorded in %.2f s",
+            job.job_id,
+            ref.namespace,
+            ref.name,
+            len(paths),
+            resolved - started,
+            time.monotonic() - resolved,
+        )
         if recorded:
             metrics.FILES_RESOLVED.inc(len(paths))
             app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
@@ -174,11 +190,21 @@ async def _advance(
         return
     if paths is None:  # resumed after a restart: only what has no news yet
         paths = await app.db.run(lambda cur: q.pending_paths(cur, job.id))
+    started = time.monotonic()
     try:
         calls = await app.scout.stage(paths, str(current.job_id), settings.kafka_topic)
     except ScoutError as exc:
         await _fail(app, current, ref, ReturnCode.STAGE_FAILED, str(exc))
         return
+    log.info(
+        "job %s (%s/%s): %d files staged in %d call(s) in %.2f s",
+        current.job_id,
+        ref.namespace,
+        ref.name,
+        len(paths),
+        calls,
+        time.monotonic() - started,
+    )
     await app.db.run(lambda cur: q.mark_stage_requested(cur, job.id))
     app.events.normal(
         ref,

@@ -11,6 +11,7 @@ dropped and replaced on next use, so a database restart heals by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 from collections.abc import Callable
@@ -48,10 +49,8 @@ class Database:
 
     def _release(self, conn: Connection, broken: bool) -> None:
         if broken or conn.closed:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 conn.close()
-            except psycopg2.Error:
-                pass
             return
         self._idle.put(conn)
 

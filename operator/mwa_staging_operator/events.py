@@ -101,11 +101,18 @@ class EventRecorder:
     def _post(self, event: Event) -> None:
         body = event_body(event, datetime.now(UTC), self._instance)
         try:
-            self._api.create_namespaced_event(event.ref.namespace, body, _request_timeout=10)
+            self._api.create_namespaced_event(
+                event.ref.namespace,
+                body,  # type: ignore[arg-type]  # the client accepts a plain dict body
+                _request_timeout=10,
+            )
         except ApiException as exc:
             log.warning(
                 "could not post event %s on %s/%s: HTTP %s",
-                event.reason, event.ref.namespace, event.ref.name, exc.status,
+                event.reason,
+                event.ref.namespace,
+                event.ref.name,
+                exc.status,
             )
         except Exception as exc:  # network trouble: the hint is lost, nothing else
             log.warning("could not post event %s: %s", event.reason, type(exc).__name__)

@@ -11,6 +11,7 @@ the due times, so nothing is missed).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -69,14 +70,14 @@ class Listener(threading.Thread):
                 if not self._stopping.is_set():
                     log.warning(
                         "LISTEN %s lost (%s); reconnecting in %.0f s",
-                        self._channel, type(exc).__name__, backoff,
+                        self._channel,
+                        type(exc).__name__,
+                        backoff,
                     )
             finally:
                 self.connected = False
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(psycopg2.Error):
                         conn.close()
-                    except psycopg2.Error:
-                        pass
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)

@@ -127,6 +127,25 @@ def test_stop_frees_the_port_and_start_brings_it_back(stack: Stack) -> None:
     assert procs.ports_listening([port]) == {port}
 
 
+def test_spawn_runs_an_extra_instance_that_kill_and_stop_act_on(stack: Stack) -> None:
+    if "data-files" in stack.skipped:
+        pytest.skip("the data_files simulator does not exist yet")
+    name = unique("data-files-extra")
+    stack.spawn(name, "data-files", {"SMOKE_MARKER": "1"})
+    try:
+        port = stack.port(name)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        assert stack.log_path(name).exists()
+        stack.kill(name)
+        assert not stack.is_running(name)
+        assert not procs.ports_listening([port])
+        stack.start(name)
+        assert stack.is_running(name)
+    finally:
+        stack.stop(name)
+    assert not stack.is_running(name)
+
+
 # --------------------------------------------------------------------------- kube-apiserver
 
 

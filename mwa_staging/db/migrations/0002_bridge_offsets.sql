@@ -11,3 +11,11 @@ CREATE TABLE bridge_offsets (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
+
+-- Room for HOT updates. Arrivals come in runs (a job's files are staged
+-- together), so one batch often marks most rows of a page ready in one
+-- transaction; with fillfactor 85 only ~15% of a page's rows fit a new version
+-- on the same page and the rest become non-HOT updates (two index inserts
+-- each). Measured on 5,000 consecutive rows: 16% HOT at 85, 92% HOT at 50.
+-- Applies to pages written from now on (all of them, in a fresh database).
+ALTER TABLE job_files SET (fillfactor = 50);

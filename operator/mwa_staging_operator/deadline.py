@@ -1,0 +1,50 @@
+"""Timeouts (return code 10) and the cancel of a timed-out job's pending files.
+
+The timeout itself is one statement: due jobs move to ``failed`` with code 10,
+a message with the counts, the callback due now, and -- if files are still
+pending -- ``cancel_due_at`` set in the same transaction. The Scout cancel is
+then ordinary delayed work (retried every ``cancel_retry_seconds`` while Scout
+fails), so a crash between the two can neither lose the cancel nor delay the
+callback. A pending path that another unfinished live job holds is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mwa_staging.db import jobs_queries as q
+from mwa_staging.scout import ScoutError
+from mwa_staging.status import Reason
+from mwa_staging_operator.context import App
+from mwa_staging_operator.events import ObjectRef
+
+log = logging.getLogger(__name__)
+
+
+async def time_out_due(app: App) -> int:
+    """Time out every job past its deadline; return how many."""
+    total = 0
+    while True:
+        rows = await app.db.run(lambda cur: q.claim_deadlines(cur, app.settings.scheduler_batch))
+        for job in rows:
+            ref = ObjectRef(job.namespace, job.name, job.uid)
+            app.events.warning(ref, Reason.DEADLINE_EXCEEDED, job.message or "")
+            await app.project(job.id)
+        total += len(rows)
+        if len(rows) < app.settings.scheduler_batch:
+            return total
+
+
+async def cancel_pending(app: App, claim: q.Claim) -> None:
+    """Cancel in Scout the pending paths of a timed-out job that nobody else needs."""
+    ref = ObjectRef(claim.namespace, claim.name, claim.uid)
+    paths = await app.db.run(lambda cur: q.cancel_candidates(cur, claim.job_pk))
+    if paths:
+        try:
+            await app.scout.cancel(paths, str(claim.job_id), app.settings.kafka_topic)
+        except ScoutError as exc:
+            log.warning("cancel for job %s failed, will retry: %s", claim.job_id, exc)
+            app.events.warning(ref, "CancelFailed", f"cancelling pending files failed: {exc}")
+            return
+        app.events.normal(ref, "Cancelled", f"cancelled staging of {len(paths)} pending file(s)")
+    await app.db.run(lambda cur: q.clear_cancel(cur, claim.job_pk))

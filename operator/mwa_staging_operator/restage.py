@@ -1,0 +1,94 @@
+"""The self-healing pass: files still without news are checked in the archive.
+
+Kafka messages can be lost, and a file already on disk when staged may never
+get one (CONTRACTS.md section 2). Every ``restageIntervalSeconds`` a staging
+job's pending files are looked up with Scout's file status: those on disk are
+recorded as ready (which may complete the job), the others are staged again.
+Staging twice is harmless, so the worst a needless pass costs is Scout calls.
+
+A pass stops at the first Scout failure (the archive is probably down and every
+further query would wait out the retry budget); the next pass is already
+scheduled by the claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from mwa_staging.db import jobs_queries as q
+from mwa_staging.scout import ScoutClient, ScoutError
+from mwa_staging_operator import metrics
+from mwa_staging_operator.context import App
+from mwa_staging_operator.events import ObjectRef
+
+log = logging.getLogger(__name__)
+
+
+async def split_on_disk(
+    scout: ScoutClient, paths: Sequence[str], concurrency: int
+) -> tuple[list[str], list[str]]:
+    """(on disk, not on disk or unknown) for ``paths``, ``concurrency`` queries at a time.
+
+    A fixed set of workers walks the list, so 100,000 paths never become
+    100,000 tasks. Raises ScoutError (the first one) and stops the others.
+    """
+    on_disk: list[str] = []
+    offline: list[str] = []
+    items = iter(paths)
+
+    async def worker() -> None:
+        for path in items:
+            status = await scout.file_status(path)
+            if status is not None and status.on_disk:
+                on_disk.append(path)
+            else:
+                offline.append(path)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    return on_disk, offline
+
+
+async def restage(app: App, claim: q.Claim) -> None:
+    """One restage pass over one job."""
+    ref = ObjectRef(claim.namespace, claim.name, claim.uid)
+    paths = await app.db.run(lambda cur: q.pending_paths(cur, claim.job_pk))
+    if not paths:
+        return
+    try:
+        on_disk, offline = await split_on_disk(
+            app.scout, paths, app.settings.scout_status_concurrency
+        )
+    except ScoutError as exc:
+        log.warning("restage pass of job %s stopped: %s", claim.job_id, exc)
+        app.events.warning(ref, "RestageFailed", f"restage pass stopped: {exc}")
+        return
+    marked, completed = await app.db.run(lambda cur: q.mark_files_ready(cur, claim.job_pk, on_disk))
+    metrics.RESTAGED_FILES.labels("on_disk").inc(marked)
+    restaged = 0
+    if not completed and offline:
+        job = await app.db.run(lambda cur: q.get_job(cur, claim.job_pk))
+        if job is not None and job.state == "staging":
+            try:
+                await app.scout.stage(offline, str(claim.job_id), app.settings.kafka_topic)
+                restaged = len(offline)
+            except ScoutError as exc:
+                app.events.warning(ref, "RestageFailed", f"staging again failed: {exc}")
+    metrics.RESTAGED_FILES.labels("restaged").inc(restaged)
+    app.events.normal(
+        ref,
+        "Restaged",
+        f"{marked} file(s) found on disk without a message, {restaged} staged again",
+    )
+    if marked:
+        await app.project(claim.job_pk)
+    if completed:
+        app.wake()
