@@ -1,13 +1,14 @@
 """The Kafka side: a consumer-group member that records batches and commits after the database.
 
 At-least-once: auto-commit is off and a batch's offsets are committed
-synchronously only after its database transaction committed. Everything runs on
-one thread -- ``consume`` returns a batch, the batch is recorded, its offsets
-committed, and only then is ``consume`` called again -- so when librdkafka
-serves a rebalance (its callbacks run inside ``consume``) the batch in hand has
-already been recorded and committed: revocation never loses or duplicates work.
-SIGTERM only sets a flag; the loop finishes the batch in hand, commits, and
-leaves the group.
+synchronously, from this thread, only after its database transaction committed.
+The transaction of batch N runs in a recorder thread while this thread consumes
+and parses batch N+1 (the database and the parsing then use both cores); Kafka
+offsets are still committed in order, each after its own transaction. When
+librdkafka serves a rebalance (its callbacks run inside ``consume``), the
+revocation callback waits for the batch being recorded and commits it while the
+partitions are still ours: the next owner starts right after it. SIGTERM only
+sets a flag; the loop finishes the batch in hand, commits, and leaves the group.
 
 Broker reachability comes from librdkafka itself: the error callback reports
 "all brokers down" and authentication/TLS failures, the statistics callback
@@ -22,11 +23,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kafka_bridge import metrics
+from kafka_bridge.batch import Batch
 from kafka_bridge.health import Health
 from kafka_bridge.ratelimit import RateLimitedLog
 from kafka_bridge.recorder import Recorder, Result
@@ -88,6 +91,9 @@ class BridgeConsumer:
         self._stop = threading.Event()
         self._rlog = RateLimitedLog(log)
         self._assigned: set[int] = set()
+        # One recorder thread: batches and heartbeats use its connection in turn.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self._inflight: tuple[Future[Result | None], float, int] | None = None
         self._consumer = Consumer(consumer_config(settings, member, self._on_error, self._on_stats))
 
     def stop(self) -> None:
@@ -131,8 +137,9 @@ class BridgeConsumer:
         log.info("assigned partitions %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing is in hand here: consume() is only called between batches,
-        # after the previous batch was recorded and its offsets committed.
+        # A batch may still be recording: finish it and commit its offsets while
+        # the partitions are still ours, so the next owner starts after it.
+        self._finish_inflight()
         for p in partitions:
             self._assigned.discard(p.partition)
             with contextlib.suppress(KeyError):
@@ -141,7 +148,13 @@ class BridgeConsumer:
 
     # --- the loop ----------------------------------------------------------
     def run(self) -> None:
-        """Consume until :meth:`stop`; then close (leave the group) and return."""
+        """Consume until :meth:`stop`; then close (leave the group) and return.
+
+        Pipelined: while batch N's transaction runs in the recorder thread (the
+        database works on the other core), this thread consumes and parses batch
+        N+1; then it waits for N, commits N's offsets and hands N+1 over. Offsets
+        are still committed strictly after their transaction, in order.
+        """
         self._consumer.subscribe(
             [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -152,33 +165,51 @@ class BridgeConsumer:
             while not self._stop.is_set():
                 messages = self._consumer.consume(self._batch_size, self._window)
                 self._health.polled()
-                if messages:
-                    self._handle(messages)
+                parsed = self._parse(messages) if messages else None
+                self._finish_inflight()
+                if parsed is not None:
+                    self._inflight = (
+                        self._worker.submit(
+                            self._recorder.record, messages, parsed, self._stop,
+                            self._after_commit,
+                        ),
+                        time.monotonic(),
+                        len(messages),
+                    )  # fmt: skip
                 now = time.monotonic()
                 if now >= next_heartbeat:
                     heartbeats += 1
-                    self._recorder.heartbeat(self._member, forget_old=heartbeats % 1000 == 1)
+                    forget = heartbeats % 1000 == 1
+                    self._worker.submit(self._recorder.heartbeat, self._member, forget_old=forget)
                     next_heartbeat = now + self._heartbeat_every
         finally:
+            self._finish_inflight()
             self._health.stopping = True
-            self._recorder.heartbeat(self._member)
+            self._worker.submit(self._recorder.heartbeat, self._member).result()
+            self._worker.shutdown()
             self._consumer.close()
             log.info("left the consumer group")
 
-    def _handle(self, messages: list[Message]) -> None:
-        started = time.monotonic()
+    def _parse(self, messages: list[Message]) -> Batch:
         for msg in messages:
             err = msg.error()
             if err is not None:
                 self._rlog.warning(f"msg-{err.code()}", "kafka: consume error: %s", err.str())
-        result = self._recorder.record(messages, self._stop)
+        return self._recorder.parse(messages)
+
+    def _finish_inflight(self) -> None:
+        """Wait for the batch in the recorder, then commit its offsets (the batch in hand)."""
+        if self._inflight is None:
+            return
+        future, started, size = self._inflight
+        self._inflight = None
+        result = future.result()
         if result is None:
             return  # stopping while the database was away: leave the offsets uncommitted
         self._commit(result)
         self._health.applied(result.batch.valid)
-        self._after_commit(result)
         self._count(result)
-        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _commit(self, result: Result) -> None:

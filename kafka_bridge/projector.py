@@ -54,7 +54,7 @@ class Projector(threading.Thread):
         self._jobs = jobs
         self._min_interval = min_interval_s
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._conn: Connection | None = None
         self._backoff = Backoff(0.2, 15.0)
         self._rlog = RateLimitedLog(log, 15.0)
@@ -65,12 +65,12 @@ class Projector(threading.Thread):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to finish its current pass and exit; wait up to ``timeout``."""
-        self._stop.set()
+        self._stopping.set()
         self._wake.set()
         self.join(timeout)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 delay = self._pass()
             except psycopg2.Error as exc:
@@ -86,7 +86,7 @@ class Projector(threading.Thread):
                 self._wake.clear()
                 continue
             # Failing: back off, and do not let the consumer's wake-ups shorten it.
-            self._stop.wait(self._backoff.next())
+            self._stopping.wait(self._backoff.next())
             self._wake.clear()
         self._drop()
 
@@ -99,7 +99,7 @@ class Projector(threading.Thread):
         """Project what is due; return how long to sleep before the next pass."""
         conn = self._connection()
         self._count_dirty(conn)  # first: the gauge must show marks piling up during an outage
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self._busy = 0
             patched = project_dirty(
                 conn,

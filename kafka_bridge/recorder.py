@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg2
@@ -94,14 +94,23 @@ class Recorder:
                 self._conn.close()
         self._conn = None
 
-    def record(self, messages: Sequence[KafkaMessage], stop: threading.Event) -> Result | None:
-        """Record ``messages`` in one committed transaction; None if ``stop`` came first.
+    def parse(self, messages: Sequence[KafkaMessage]) -> Batch:
+        """Parse a consumed batch (done by the consumer thread while the last one records)."""
+        return build(messages, self._max_bytes)
 
-        Returns only once the transaction committed (or stop was asked while the
-        database was unreachable: then nothing is committed, and the messages
-        will be delivered again).
+    def record(
+        self,
+        messages: Sequence[KafkaMessage],
+        first: Batch,
+        stop: threading.Event,
+        on_commit: Callable[[Result], None] | None = None,
+    ) -> Result | None:
+        """Record ``first`` (parsed from ``messages``) in one committed transaction.
+
+        Returns only once the transaction committed, after calling ``on_commit``
+        (or None if stop was asked while the database was unreachable: then
+        nothing is committed, and the messages will be delivered again).
         """
-        first = build(messages, self._max_bytes)
         while True:
             try:
                 result = self._transaction(messages, first)
@@ -126,6 +135,8 @@ class Recorder:
             else:
                 self._backoff.reset()
                 self._health.db_up()
+                if on_commit is not None:
+                    on_commit(result)
                 return result
             if stop.wait(self._backoff.next()):
                 return None

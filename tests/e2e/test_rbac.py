@@ -1,0 +1,100 @@
+"""The chart's RBAC is enough: the operator and the bridge run on ServiceAccount tokens.
+
+The chart is installed into a namespace of its own (namespaced mode, without the
+CRD, which the stack applied). The stack's operator and bridge, which run with
+the admin certificate, are stopped; an operator and a bridge are started from
+the working tree with kubeconfigs holding only tokens of the chart's
+ServiceAccounts (``kubectl create token``), and a job goes all the way to a
+delivered callback. Any verb the chart forgot would stop it on the way.
+``tests/chart`` checks the other half (``kubectl auth can-i``: what each
+account may not do).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack import build, chart
+from devstack.stack import Stack
+from tests.e2e import sj
+
+pytestmark = pytest.mark.stack
+
+RELEASE = "rbac"
+
+
+def _helm(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"KUBECONFIG": stack.env["KUBECONFIG"], "PATH": stack.env["PATH"]}
+    return subprocess.run(
+        [str(build.helm_bin()), *args], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture(scope="module")
+def namespace(stack: Stack) -> Iterator[str]:
+    """A namespace with the chart installed in namespaced mode."""
+    ns = f"rbac-{uuid.uuid4().hex[:8]}"
+    stack.kubectl("create", "namespace", ns)
+    installed = _helm(
+        stack, "install", RELEASE, str(chart.CHART_DIR), "--namespace", ns,
+        "--set", "crds.install=false", "--set", f"watchNamespaces={{{ns}}}",
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    try:
+        yield ns
+    finally:
+        _helm(stack, "uninstall", RELEASE, "--namespace", ns)
+
+
+def _token_kubeconfig(stack: Stack, ns: str, component: str, directory: Path) -> Path:
+    account = f"{RELEASE}-mwa-staging-{component}"
+    token = stack.kubectl("-n", ns, "create", "token", account, "--duration=1h").stdout.strip()
+    return chart.token_kubeconfig(
+        Path(stack.env["KUBECONFIG"]), token, directory / f"{component}.kubeconfig", ns
+    )
+
+
+@pytest.fixture
+def services_as_service_accounts(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[None]:
+    """The operator and the bridge, each on its ServiceAccount's token only."""
+    operator_config = _token_kubeconfig(stack, namespace, "operator", tmp_path)
+    bridge_config = _token_kubeconfig(stack, namespace, "bridge", tmp_path)
+    stack.stop("operator")
+    stack.stop("kafka-bridge")
+    try:
+        stack.spawn(
+            "operator-rbac",
+            "operator",
+            {**sj.FAST_ENV, "KUBECONFIG": str(operator_config), "WATCH_NAMESPACE": namespace},
+        )
+        stack.spawn("kafka-bridge-rbac", "kafka-bridge", {"KUBECONFIG": str(bridge_config)})
+        yield
+    finally:
+        for name in ("operator-rbac", "kafka-bridge-rbac"):
+            if stack.is_running(name):
+                stack.stop(name)
+        stack.start("operator")
+        stack.start("kafka-bridge")
+
+
+@pytest.mark.usefixtures("services_as_service_accounts")
+def test_job_completes_with_the_charts_service_accounts(stack: Stack, namespace: str) -> None:
+    jobs = sj.Jobs(stack, namespace)
+    job_id = sj.new_job_id()
+    tag = uuid.uuid4().hex[:8]
+    paths = [f"mwa/rbac/{tag}/file_{i}.fits" for i in range(5)] + [f"mwa/rbac/{tag}/x_ERROR"]
+    jobs.create("rbac-job", job_id, files=paths)
+
+    status = jobs.wait_delivered("rbac-job", timeout=90)
+    assert status["phase"] == "Complete"
+    assert (status["readyFiles"], status["errorFiles"], status["returnCode"]) == (5, 1, 5)
+    # The operator could post events with its token.
+    assert jobs.events("rbac-job"), "no events were posted for the job"
+    for log_name in ("operator-rbac", "kafka-bridge-rbac"):
+        log = stack.log_path(log_name).read_text(errors="replace")
+        assert "Forbidden" not in log and " 403" not in log, f"{log_name} was refused something"
