@@ -30,6 +30,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -295,7 +296,14 @@ class Stack:
         lines = ["# written by python -m devstack up; source it: . " + str(self.root / "env")]
         for name, value in self.env.items():
             if name == "PATH":
-                dirs = os.pathsep.join([str(build.k8s_bin_dir()), str(build.helm_bin_dir())])
+                # The project's virtualenv too: its kubectl-stagingjob is a kubectl plugin.
+                dirs = os.pathsep.join(
+                    [
+                        str(build.k8s_bin_dir()),
+                        str(build.helm_bin_dir()),
+                        str(Path(sys.executable).parent),
+                    ]
+                )
                 lines.append(f'export PATH={shlex.quote(dirs)}:"$PATH"')
             else:
                 lines.append(f"export {name}={shlex.quote(value)}")
