@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _hide_password(value: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", value)
+
+
 def _print_summary(stack: Stack) -> None:
     env = stack.env
     skipped = stack.skipped
@@ -82,7 +88,8 @@ def _print_summary(stack: Stack) -> None:
         "DATA_FILES_URL",
         "CALLBACK_URL",
     ):
-        print(f"  {key:22} {env[key]}")
+        # Passwords stay in the env file (mode 600), not on the terminal.
+        print(f"  {key:22} {_hide_password(env[key])}")
     for name in stack.services:
         port = env["OPERATOR_HTTP_PORT" if name == "operator" else "BRIDGE_HTTP_PORT"]
         state = f"skipped ({skipped[name]})" if name in skipped else f"http://127.0.0.1:{port}"

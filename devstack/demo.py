@@ -27,6 +27,8 @@ NAMESPACE = "demo"
 GOOD = ("observation-job.yaml", "files-job.yaml")
 INVALID = "invalid-job.yaml"
 FINAL_PHASES = {"Complete", "Failed"}
+DEMO_DELAY_MS = 1000
+DEMO_JITTER_MS = 8000
 
 
 def _render(path: Path, env: dict[str, str]) -> str:
@@ -53,6 +55,12 @@ def _phases(stack: Stack) -> dict[str, str]:
         return {}
     items = json.loads(out.stdout).get("items", [])
     return {i["metadata"]["name"]: i.get("status", {}).get("phase", "") for i in items}
+
+
+def _set_archive_delay(env: dict[str, str], *, delay_ms: int, jitter_ms: int) -> None:
+    """How long the archive simulator takes to bring a file online."""
+    body = {"delay_ms": delay_ms, "jitter_ms": jitter_ms}
+    httpx.post(f"{env['SIM_CONTROL_URL']}/control/delay", json=body, timeout=10).raise_for_status()
 
 
 def _register_callback_user(env: dict[str, str]) -> None:
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     callback_log = Path(env["CALLBACK_LOG"])
     log_offset = _log_size(callback_log)
 
+    # Slow the archive down so that progress is visible (restored at the end).
+    _set_archive_delay(env, delay_ms=DEMO_DELAY_MS, jitter_ms=DEMO_JITTER_MS)
     print("\n== Creating namespace 'demo' and applying examples/")
     _kubectl(stack, "create", "namespace", NAMESPACE)
     _kubectl(stack, "delete", "stagingjobs", "--all", "-n", NAMESPACE, "--wait=true")
@@ -127,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("the jobs did not all finish in time; see .stack/logs/", file=sys.stderr)
 
+    _set_archive_delay(env, delay_ms=30, jitter_ms=20)
     print("\n== Callbacks the client received (CALLBACK_LOG)")
     for entry in _callbacks(callback_log, log_offset):
         print(json.dumps(entry.get("body")), "->", entry.get("status"))

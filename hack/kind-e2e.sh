@@ -11,10 +11,12 @@
 #   3. apply Kafka and the simulators (hack/kind/simulators.yaml, same image);
 #   4. helm install the chart with charts/mwa-staging/ci/kind-values.yaml;
 #   5. apply examples/observation-job.yaml and wait for its callback;
-#   6. run the e2e tests (tests/e2e) against the cluster: they read the kubeconfig
-#      and the endpoints from the environment (KUBECONFIG, CALLBACK_URL, ...), the
-#      same variables the local stack writes to .stack/env; the endpoints are
-#      reached through `kubectl port-forward`.
+#   6. run the e2e tests (tests/e2e) against the cluster, the same test code as
+#      `make test` on the local stack: MWA_E2E_EXTERNAL=1 and the MWA_E2E_*
+#      variables (tests/e2e/target.py) give them the kubeconfig and the endpoints,
+#      reached through `kubectl port-forward`; `-m "not local_only"` leaves out
+#      the tests that need the local stack's processes (crash, faults, RBAC
+#      tokens, the bridge's preloaded bursts), which pytest would skip anyway.
 set -euo pipefail
 
 CLUSTER=${CLUSTER:-mwa-staging}
@@ -28,7 +30,7 @@ PIDS=()
 log() { printf '[kind-e2e] %s\n' "$*" >&2; }
 
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
     if [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
         log "deleting the kind cluster $CLUSTER (KEEP_CLUSTER=1 keeps it)"
@@ -56,12 +58,15 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f -
 ns=(--namespace "$NAMESPACE")
 
-# Throwaway credentials of the simulated Scout API and callback receiver.
+# Throwaway credentials of the simulated Scout API and callback receiver. The
+# callback user is the local stack's (asvo): the e2e tests add a user "portal"
+# to the receiver, which must not replace the operator's default one.
+RESULT_USERNAME=asvo
 SCOUT_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 RESULT_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 kubectl "${ns[@]}" create secret generic sim-scout --from-literal=username=scout \
     --from-literal=password="$SCOUT_PASSWORD" --dry-run=client -o yaml | kubectl apply -f -
-kubectl "${ns[@]}" create secret generic sim-callback --from-literal=username=portal \
+kubectl "${ns[@]}" create secret generic sim-callback --from-literal=username="$RESULT_USERNAME" \
     --from-literal=password="$RESULT_PASSWORD" --dry-run=client -o yaml | kubectl apply -f -
 
 log "starting Kafka and the simulators"
@@ -73,29 +78,46 @@ helm upgrade --install "$RELEASE" "$ROOT/charts/mwa-staging" "${ns[@]}" \
     --values "$ROOT/charts/mwa-staging/ci/kind-values.yaml" --wait --timeout 300s
 kubectl wait --for=condition=Established --timeout=60s crd/stagingjobs.staging.mwatelescope.org
 
-# Endpoints for the tests, through port-forwards to the in-cluster services.
-forward() { # service local-port remote-port
-    kubectl "${ns[@]}" port-forward "service/$1" "$2:$3" >"$WORK/pf-$1.log" 2>&1 &
+# Endpoints for the tests, through port-forwards to the in-cluster services, each
+# on a free local port that kubectl picks (`:REMOTE`) and prints.
+FULLNAME="$RELEASE-mwa-staging"
+forward() { # resource remote-port variable: forward, and set variable to the local port
+    local out="$WORK/pf-${1//\//-}.log" port=""
+    kubectl "${ns[@]}" port-forward "$1" ":$2" >"$out" 2>&1 &
     PIDS+=($!)
+    for _ in $(seq 100); do
+        port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$out" | head -n 1)
+        [[ -n "$port" ]] && break
+        sleep 0.2
+    done
+    [[ -n "$port" ]] || { log "port-forward of $1 did not start:"; cat "$out" >&2; exit 1; }
+    printf -v "$3" '%s' "$port"
 }
-forward sim-callback 18099 8080
-forward sim-banksia 18098 8080
-forward "$RELEASE-mwa-staging-operator" 18080 8080
-forward "$RELEASE-mwa-staging-bridge" 18081 8081
-sleep 3
+forward service/sim-callback 8080 CALLBACK_PORT
+forward service/sim-banksia 8080 BANKSIA_PORT
+forward service/sim-data-files 8080 DATA_FILES_PORT
+forward "service/$FULLNAME-operator" 8080 OPERATOR_PORT
+# The bundled PostgreSQL (StatefulSet pod 0), for the kubectl-stagingjob plugin.
+kubectl "${ns[@]}" wait --for=condition=Ready --timeout=120s "pod/$FULLNAME-postgresql-0"
+forward "pod/$FULLNAME-postgresql-0" 5432 POSTGRES_PORT
+DB_PASSWORD=$(kubectl "${ns[@]}" get secret "$FULLNAME-postgresql" \
+    -o jsonpath='{.data.password}' | base64 -d)
 
-# The callback URL the operator uses is the in-cluster one; the tests read the
-# receiver's log through its control endpoint.
-export CALLBACK_URL="http://sim-callback:8080/callback"
-export CALLBACK_CONTROL_URL="http://127.0.0.1:18099/_control"
-export SIM_CONTROL_URL="http://127.0.0.1:18098"
-export OPERATOR_URL="http://127.0.0.1:18080"
-export BRIDGE_URL="http://127.0.0.1:18081"
-export RESULT_USERNAME=portal RESULT_PASSWORD
-export STAGING_NAMESPACE="$NAMESPACE"
+# What the e2e tests read (tests/e2e/target.py). The callback URL the operator is
+# given is the in-cluster Service; the tests read the receiver's log and switch
+# its failure modes through its control endpoint, port-forwarded.
+export MWA_E2E_EXTERNAL=1
+export MWA_E2E_KUBECONFIG="$KUBECONFIG"
+export MWA_E2E_CALLBACK_URL="http://sim-callback.$NAMESPACE.svc:8080/callback"
+export MWA_E2E_CALLBACK_CONTROL_URL="http://127.0.0.1:$CALLBACK_PORT"
+export MWA_E2E_SIM_CONTROL_URL="http://127.0.0.1:$BANKSIA_PORT"
+export MWA_E2E_DATA_FILES_URL="http://127.0.0.1:$DATA_FILES_PORT"
+export MWA_E2E_OPERATOR_URL="http://127.0.0.1:$OPERATOR_PORT"
+export MWA_E2E_DATABASE_URL="postgresql://mwa:$DB_PASSWORD@127.0.0.1:$POSTGRES_PORT/mwa_staging"
+export MWA_E2E_RESULT_USERNAME="$RESULT_USERNAME"
 
 log "applying examples/observation-job.yaml"
-sed "s|\${CALLBACK_URL}|$CALLBACK_URL|" "$ROOT/examples/observation-job.yaml" \
+sed "s|\${CALLBACK_URL}|$MWA_E2E_CALLBACK_URL|" "$ROOT/examples/observation-job.yaml" \
     | kubectl "${ns[@]}" apply -f -
 for _ in $(seq 120); do
     delivered=$(kubectl "${ns[@]}" get stagingjob obs-1234500012 \
@@ -108,5 +130,6 @@ kubectl "${ns[@]}" get stagingjobs
 log "callback delivered at $delivered"
 
 log "running the e2e tests against the cluster"
-"$ROOT/.venv/bin/python" -m pytest "$ROOT/tests/e2e" -m "not stack_only" -q
+cd "$ROOT"
+.venv/bin/python -m pytest tests/e2e -m "not local_only" -q
 log "done"

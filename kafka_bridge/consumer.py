@@ -163,10 +163,16 @@ class BridgeConsumer:
         heartbeats = 0
         try:
             while not self._stop.is_set():
+                _t0 = time.perf_counter()  # DBG
                 messages = self._consumer.consume(self._batch_size, self._window)
+                _t1 = time.perf_counter()  # DBG
                 self._health.polled()
                 parsed = self._parse(messages) if messages else None
+                _t2 = time.perf_counter()  # DBG
                 self._finish_inflight()
+                _t3 = time.perf_counter()  # DBG
+                if messages:  # DBG
+                    log.info("DBG n=%d consume=%.1f parse=%.1f wait=%.1f", len(messages), (_t1-_t0)*1e3, (_t2-_t1)*1e3, (_t3-_t2)*1e3)  # DBG
                 if parsed is not None:
                     self._inflight = (
                         self._worker.submit(
@@ -206,7 +212,9 @@ class BridgeConsumer:
         result = future.result()
         if result is None:
             return  # stopping while the database was away: leave the offsets uncommitted
+        _c0 = time.perf_counter()  # DBG
         self._commit(result)
+        log.info("DBG kcommit=%.1f", (time.perf_counter() - _c0) * 1e3)  # DBG
         self._health.applied(result.batch.valid)
         self._count(result)
         metrics.BATCH_SIZE.observe(size)
@@ -228,8 +236,8 @@ class BridgeConsumer:
 
     def _count(self, result: Result) -> None:
         batch, rec = result.batch, result.recorded
-        malformed = len(batch.malformed.offsets)
-        duplicate = batch.valid - rec.applied - rec.unknown
+        malformed = len(batch.malformed.offsets) + rec.quarantined  # refused: kept as malformed
+        duplicate = batch.valid - rec.applied - rec.unknown - rec.quarantined
         m = metrics.MESSAGES
         if rec.applied:
             m.labels("applied").inc(rec.applied)

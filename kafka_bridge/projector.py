@@ -72,7 +72,10 @@ class Projector(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             try:
+                import time  # DBG
+                _t0 = time.perf_counter()  # DBG
                 delay = self._pass()
+                log.info("DBG pass %.1f ms patches=%s", (time.perf_counter() - _t0) * 1e3, self._npatched)  # DBG
             except psycopg2.Error as exc:
                 self._drop()
                 self._rlog.warning("db", "projector: database error, retrying: %s", exc)
@@ -108,6 +111,7 @@ class Projector(threading.Thread):
                 limit=PASS_LIMIT,
                 on_outcome=self._on_outcome,
             )
+            self._npatched = patched  # DBG
             if patched + self._busy < PASS_LIMIT:
                 break
         self._count_dirty(conn)

@@ -148,9 +148,21 @@ class ScoutClient:
 
     # -- public calls ---------------------------------------------------------
 
-    async def stage(self, paths: Sequence[str], key: str, topic: str) -> int:
-        """Ask the archive to stage ``paths``; return the number of calls made."""
-        return await self._batch("stage", paths, key, topic)
+    async def stage(
+        self,
+        paths: Sequence[str],
+        key: str,
+        topic: str,
+        *,
+        on_accepted: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    ) -> int:
+        """Ask the archive to stage ``paths``; return the number of calls made.
+
+        ``on_accepted(part)`` runs after each call Scout accepted, before the
+        next one (the operator records its progress there; an exception it
+        raises stops the remaining calls).
+        """
+        return await self._batch("stage", paths, key, topic, on_accepted)
 
     async def cancel(self, paths: Sequence[str], key: str, topic: str) -> int:
         """Cancel the pending stage requests of ``paths``; return the number of calls made."""
@@ -185,12 +197,21 @@ class ScoutClient:
 
     # -- machinery ------------------------------------------------------------
 
-    async def _batch(self, endpoint: str, paths: Sequence[str], key: str, topic: str) -> int:
+    async def _batch(
+        self,
+        endpoint: str,
+        paths: Sequence[str],
+        key: str,
+        topic: str,
+        on_accepted: Callable[[Sequence[str]], Awaitable[None]] | None = None,
+    ) -> int:
         calls = 0
         for part in chunks(paths, self._settings.scout_max_paths_per_call):
             body = {"path": list(part), "copy": 0, "inode": [], "key": key, "topic": topic}
             await self._call(endpoint, "PUT", json=body)
             calls += 1
+            if on_accepted is not None:
+                await on_accepted(part)
         return calls
 
     async def _login(self, stale: str | None) -> str:

@@ -22,12 +22,21 @@ The delivery failures the operator must survive are switched on through
                                held S seconds before the answer
 ``POST /_control/users``       ``{"user", "password"}``: accept another pair
 ``GET /_control``              the modes in force
+``GET /_control/log?since=N``  the log's entries from the N-th on (0-based,
+                               default 0) as a JSON list; header
+                               ``X-Log-Length`` gives the total number
 ``DELETE /_control``           back to the start: no failure, no hang, only the
                                command line's credentials
 =============================  ================================================
 
 ``count`` omitted means until reset. Authentication comes first: a 401 uses
 up neither a failure nor a hang.
+
+``/_control/log`` serves the same entries as the ``--log`` file (it is read at
+start, so entry N is line N of the file across restarts), for readers that do
+not share the receiver's file system: the end-to-end tests read callbacks
+through it, on the local stack and in a cluster alike. ``DELETE /_control``
+does not clear it.
 """
 
 from __future__ import annotations
@@ -100,13 +109,17 @@ class Receiver:
         self.hang = _Mode()
         self._log_path = log_path
         self._log: IO[str] | None = None
+        # Every entry of the log file as its JSON text, for GET /_control/log.
+        self._entries: list[str] = _read_entries(log_path)
 
     def _write(self, entry: dict[str, Any]) -> None:
         if self._log is None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self._log_path.open("a", encoding="utf-8")
-        self._log.write(json.dumps(entry) + "\n")
+        line = json.dumps(entry)
+        self._log.write(line + "\n")
         self._log.flush()
+        self._entries.append(line)
 
     def close(self) -> None:
         if self._log is not None:
@@ -177,6 +190,20 @@ class Receiver:
         self.users[user] = password
         return web.json_response(self.describe())
 
+    async def get_log(self, request: web.Request) -> web.Response:
+        since_text = request.query.get("since", "0")
+        try:
+            since = int(since_text)
+        except ValueError:
+            since = -1
+        if since < 0:
+            raise web.HTTPBadRequest(text="since must be an integer >= 0")
+        total = len(self._entries)
+        text = "[" + ",".join(self._entries[since:]) + "]"
+        return web.Response(
+            text=text, content_type="application/json", headers={"X-Log-Length": str(total)}
+        )
+
     async def get_control(self, _request: web.Request) -> web.Response:
         return web.json_response(self.describe())
 
@@ -192,6 +219,20 @@ class Receiver:
             "fail": self.fail.describe(),
             "hang": self.hang.describe(),
         }
+
+
+def _read_entries(path: Path) -> list[str]:
+    """The JSON lines already in the log file (a torn last line is left out)."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        entries.append(line)
+    return entries
 
 
 def _int(value: object) -> bool:
@@ -219,6 +260,7 @@ def make_app(user: str, password: str, log_path: Path) -> web.Application:
     app.router.add_post("/_control/hang", receiver.set_hang)
     app.router.add_post("/_control/users", receiver.add_user)
     app.router.add_get("/_control", receiver.get_control)
+    app.router.add_get("/_control/log", receiver.get_log)
     app.router.add_delete("/_control", receiver.reset)
 
     async def close_log(_app: web.Application) -> None:

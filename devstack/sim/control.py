@@ -12,8 +12,10 @@ state, counters). Routes:
 ``POST /control/delay``   ``{"delay_ms": int, "jitter_ms": int}`` (new stages)
 ``POST /control/token-ttl`` ``{"seconds": float}`` (applies to issued tokens)
 ``POST /control/expire-tokens`` forget every token now
-``POST /control/outage``  ``{"status": 503, "count": N}`` (count omitted: until
-                          ``DELETE /control/outage``)
+``POST /control/outage``  ``{"status": 503, "count": N, "endpoint": P, "after": K}``
+                          (count omitted: until ``DELETE /control/outage``;
+                          endpoint: only calls of path P; after: let the
+                          first K such calls through)
 ``GET /control/outage``   the outage in force
 ``GET /control/files``    ``?path=P``: the simulator's state of one path
 ``GET /control/stats``    counters of the archive and the publisher
@@ -96,7 +98,13 @@ class Control:
             raise web.HTTPBadRequest(text="status must be an HTTP status code")
         if count is not None and (not _nonneg_int(count) or count < 1):
             raise web.HTTPBadRequest(text="count must be an integer >= 1, or omitted")
-        self.outage.set(status, count)
+        endpoint = body.get("endpoint")
+        after = body.get("after", 0)
+        if endpoint is not None and not (isinstance(endpoint, str) and endpoint.startswith("/")):
+            raise web.HTTPBadRequest(text="endpoint must be a path such as /v1/request/batchstage")
+        if not _nonneg_int(after):
+            raise web.HTTPBadRequest(text="after must be an integer >= 0")
+        self.outage.set(status, count, endpoint=endpoint, after=after)
         return web.json_response(self.outage.describe())
 
     async def get_outage(self, _request: web.Request) -> web.Response:

@@ -11,7 +11,8 @@ Usage::
   ``X + i``; ``mintime``/``maxtime`` (inclusive) keep the files whose GPS time
   lies in the window (how the operator's VCS window is exercised);
 * ``X % 100000 == 0``, or a window with no file -> 404 (no files);
-  ``X >= 9000000000`` -> 500; a missing or non-integer ``obs_id``, ``mintime``
+  ``X >= 9000000000`` -> 500; ``8000000000 <= X < 9000000000`` answers only
+  after ``X % 1000`` seconds (a hanging lookup); a missing or non-integer ``obs_id``, ``mintime``
   or ``maxtime`` -> 400;
 * 200: ``{filename: {"bucket", "folder", "gpstime", "filesize", "filetype", ...}}``
   in the real body shape. Entries cycle through the cases the path rules must
@@ -29,6 +30,7 @@ tests can check the parameters the operator sent.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -44,6 +46,8 @@ log = logging.getLogger("devstack.sim.data_files")
 
 FILES_MODULUS = 100_000
 SERVER_ERROR_FROM = 9_000_000_000
+#: Observations from here (below SERVER_ERROR_FROM) answer after ``X % 1000`` seconds.
+SLOW_FROM = 8_000_000_000
 #: Entry kinds, by ``index % len(KINDS)``.
 KINDS = ("bucket+folder", "null bucket", "null folder", "slash folder", "null both")
 
@@ -162,12 +166,22 @@ class DataFiles:
         record: dict[str, Any] = {"time": time.time(), "query": dict(request.query)}
         self.requests.append(record)
         try:
+            await self._maybe_hang(request)
             response = self._answer(request)
         except web.HTTPException as exc:
             record["status"] = exc.status
             raise
         record["status"] = response.status
         return response
+
+    @staticmethod
+    async def _maybe_hang(request: web.Request) -> None:
+        try:
+            obs_id = int(request.query.get("obs_id", ""))
+        except ValueError:
+            return
+        if SLOW_FROM <= obs_id < SERVER_ERROR_FROM:
+            await asyncio.sleep(obs_id % 1000)
 
     def _answer(self, request: web.Request) -> web.Response:
         obs_id = _int_param(request, "obs_id", required=True)

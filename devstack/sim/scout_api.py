@@ -64,23 +64,39 @@ class Outage:
     """A simulated Scout outage: calls answer ``status`` while it lasts.
 
     ``remaining`` None means until cleared; otherwise the number of calls left.
+    ``endpoint`` limits the outage to calls of that path (None: every call);
+    ``after`` lets that many of those calls through before the outage starts
+    (e.g. the first stage call of a job is accepted, the second refused).
     """
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.remaining: int | None = None
+        self.endpoint: str | None = None
+        self.after = 0
 
-    def set(self, status: int, count: int | None) -> None:
+    def set(
+        self, status: int, count: int | None, *, endpoint: str | None = None, after: int = 0
+    ) -> None:
         self.status = status
         self.remaining = count
+        self.endpoint = endpoint
+        self.after = after
 
     def clear(self) -> None:
         self.status = None
         self.remaining = None
+        self.endpoint = None
+        self.after = 0
 
-    def take(self) -> int | None:
+    def take(self, endpoint: str | None = None) -> int | None:
         """The status to answer this call with, or None when there is no outage."""
         if self.status is None:
+            return None
+        if self.endpoint is not None and endpoint != self.endpoint:
+            return None
+        if self.after > 0:
+            self.after -= 1
             return None
         status = self.status
         if self.remaining is not None:
@@ -90,7 +106,12 @@ class Outage:
         return status
 
     def describe(self) -> dict[str, Any]:
-        return {"status": self.status, "remaining": self.remaining}
+        found: dict[str, Any] = {"status": self.status, "remaining": self.remaining}
+        if self.endpoint is not None:
+            found["endpoint"] = self.endpoint
+        if self.after:
+            found["after"] = self.after
+        return found
 
 
 class _Answer(Exception):
@@ -150,7 +171,7 @@ class ScoutApi:
             if token is None:
                 raise _Answer(401, "bad credentials")
             return 200, {"response": token}
-        down = self.outage.take()
+        down = self.outage.take(path)
         if down is not None:
             raise _Answer(down, "service unavailable (simulated outage)")
         token = _bearer(auth)

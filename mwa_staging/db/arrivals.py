@@ -234,6 +234,8 @@ class Recorded:
     malformed_new: int = 0  # malformed messages not seen before
     jobs_touched: int = 0
     completed: list[int] = field(default_factory=list)
+    # valid messages the database refused, kept as malformed (kafka_bridge.recorder)
+    quarantined: int = 0
 
 
 def prepare_session(cur: Cursor) -> None:

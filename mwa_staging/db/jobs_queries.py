@@ -45,6 +45,11 @@ _DELETE_AT_NOW = (
 )
 
 
+# cancel_due_at for a job ending now: due if Scout accepted some of its stage calls.
+_CANCEL_STAGED = (
+    "CASE WHEN stage_cursor IS NOT NULL AND ready_files + error_files < total_files THEN now() END"
+)
+
 # --- creation ---------------------------------------------------------------
 
 
@@ -199,6 +204,41 @@ def pending_paths(cur: Cursor, job_pk: int) -> list[str]:
     return [row[0] for row in cur.fetchall()]
 
 
+def unrequested_paths(cur: Cursor, job_pk: int) -> list[str]:
+    """Pending paths beyond the stage cursor, in stage order (code-point order).
+
+    What a resumed create handler still has to stage: Scout accepted every
+    path up to ``stage_cursor`` before the restart.
+    """
+    cur.execute(
+        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
+        " WHERE f.job = %s AND f.state = 0"
+        ' AND (j.stage_cursor IS NULL OR f.path COLLATE "C" > j.stage_cursor COLLATE "C")'
+        ' ORDER BY f.path COLLATE "C"',
+        (job_pk,),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
+def record_stage_progress(cur: Cursor, job_pk: int, last_path: str) -> str | None:
+    """Scout accepted a stage call ending at ``last_path``: move the stage cursor.
+
+    Returns the job's state (None if its row is gone). A job that ended while
+    its stage calls were under way (deadline) gets its cancel scheduled again,
+    so the paths of this call are cancelled too.
+    """
+    cur.execute(
+        "UPDATE jobs SET stage_cursor = CASE WHEN stage_cursor IS NULL"
+        '   OR stage_cursor COLLATE "C" < %(p)s COLLATE "C" THEN %(p)s ELSE stage_cursor END,'
+        " cancel_due_at = CASE WHEN state IN ('complete', 'failed') THEN now()"
+        "   ELSE cancel_due_at END"
+        " WHERE id = %(id)s RETURNING state",
+        {"p": last_path, "id": job_pk},
+    )
+    row = cur.fetchone()
+    return str(row[0]) if row else None
+
+
 def fail_job(
     cur: Cursor,
     job_pk: int,
@@ -211,13 +251,17 @@ def fail_job(
     """End an unfinished job with a return code; False if it had already ended.
 
     With ``callback`` the callback becomes due now; without it (nowhere allowed
-    to send it) the job also stops holding its job id.
+    to send it) the job also stops holding its job id. If Scout had already
+    accepted some of the job's stage calls (a 102 after the first call, an
+    unexpected error mid-way), the cancel of those paths becomes due in the
+    same transaction, as for a timeout.
     """
     if callback:
         cur.execute(
             "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
             " completion_time = now(), callback_state = 'pending',"
-            " callback_next_attempt = now(), next_restage_at = NULL, version = version + 1"
+            " callback_next_attempt = now(), next_restage_at = NULL,"
+            f" cancel_due_at = {_CANCEL_STAGED}, version = version + 1"
             " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
             (code, reason, message, job_pk),
         )
@@ -225,7 +269,8 @@ def fail_job(
         cur.execute(
             "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
             " completion_time = now(), callback_state = 'none', live = false,"
-            f" next_restage_at = NULL, delete_at = {_DELETE_AT_NOW}, version = version + 1"
+            f" next_restage_at = NULL, delete_at = {_DELETE_AT_NOW},"
+            f" cancel_due_at = {_CANCEL_STAGED}, version = version + 1"
             " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
             (code, reason, message, job_pk),
         )
@@ -318,7 +363,8 @@ def due_times(cur: Cursor) -> DueTimes:
     """One cheap statement: each minimum is read from the head of a partial index."""
     cur.execute(
         "SELECT now(),"
-        " (SELECT min(deadline) FROM jobs WHERE state = 'staging' AND live),"
+        " (SELECT min(deadline) FROM jobs"
+        "   WHERE state IN ('pending', 'resolving', 'staging') AND live),"
         " (SELECT min(next_restage_at) FROM jobs WHERE state = 'staging' AND live),"
         " (SELECT min(callback_next_attempt) FROM jobs WHERE callback_state = 'pending'),"
         " (SELECT min(cancel_due_at) FROM jobs WHERE cancel_due_at IS NOT NULL),"
@@ -330,19 +376,29 @@ def due_times(cur: Cursor) -> DueTimes:
 
 
 def claim_deadlines(cur: Cursor, limit: int) -> list[JobRow]:
-    """Time out the staging jobs past their deadline (code 10); schedule their cancels."""
+    """Time out the unfinished jobs past their deadline (code 10); schedule their cancels.
+
+    The deadline runs from the job's start whatever its state: a job whose
+    file lookup hangs (``resolving``) times out like one whose files do not
+    arrive, with a message that says which. The create handler, if still at
+    work on it, finds the job ended at its next database step and stops.
+    """
     cur.execute(
         "UPDATE jobs j SET state = 'failed', return_code = 10, reason = 'DeadlineExceeded',"
         " message = 'timed out after ' || round(extract(epoch FROM j.deadline - j.start_time))"
-        "   || ' s: ' || j.ready_files || ' of ' || j.total_files || ' files staged, '"
+        "   || CASE WHEN j.state = 'staging' THEN"
+        "   ' s: ' || j.ready_files || ' of ' || j.total_files || ' files staged, '"
         "   || j.error_files || ' failed, '"
-        "   || (j.total_files - j.ready_files - j.error_files) || ' outstanding',"
+        "   || (j.total_files - j.ready_files - j.error_files) || ' outstanding'"
+        "   ELSE ' s while resolving the files to stage (the file lookup had not answered)'"
+        "   END,"
         " completion_time = now(), callback_state = 'pending', callback_next_attempt = now(),"
         " next_restage_at = NULL,"
         " cancel_due_at = CASE WHEN j.ready_files + j.error_files < j.total_files"
         "   THEN now() END,"
         " version = j.version + 1"
-        " FROM (SELECT id FROM jobs WHERE state = 'staging' AND live AND deadline <= now()"
+        " FROM (SELECT id FROM jobs WHERE state IN ('pending', 'resolving', 'staging')"
+        "       AND live AND deadline <= now()"
         "       ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED) due"
         f" WHERE j.id = due.id RETURNING {_J_COLS}",
         (limit,),
@@ -396,9 +452,17 @@ def clear_cancel(cur: Cursor, job_pk: int) -> None:
 
 
 def cancel_candidates(cur: Cursor, job_pk: int) -> list[str]:
-    """Pending paths of the job that no other unfinished live job holds (safe to cancel)."""
+    """Pending paths the job had requested that no other unfinished live job holds.
+
+    Requested: every path once the stage was recorded, else those up to the
+    stage cursor (a job that ended part way through its stage calls). Only
+    these are safe to cancel: the other jobs' requests must stand.
+    """
     cur.execute(
-        "SELECT f.path FROM job_files f WHERE f.job = %s AND f.state = 0"
+        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
+        " WHERE f.job = %s AND f.state = 0"
+        " AND (j.stage_requested_at IS NOT NULL"
+        '   OR f.path COLLATE "C" <= j.stage_cursor COLLATE "C")'
         " AND NOT EXISTS (SELECT 1 FROM job_files g JOIN jobs o ON o.id = g.job"
         "   WHERE g.path = f.path AND g.job <> f.job AND o.live"
         "   AND o.state IN ('pending', 'resolving', 'staging'))",

@@ -11,10 +11,21 @@ row state found                        what runs
 none                                   insert (duplicate check), then all below
 ``resolving``                          resolve, then COPY files + ``staging`` in
                                        one transaction (all or nothing)
-``staging``, stage not yet recorded    stage the files still pending (staging a
-                                       path twice is harmless), record it
+``staging``, stage not yet recorded    stage the pending files beyond the stage
+                                       cursor, record it
 anything else                          nothing (re-project the status)
 =====================================  =========================================
+
+Stage calls go in code-point order of the paths and, after each call Scout
+accepted, the last path of the call is recorded as ``jobs.stage_cursor``. So
+the database always knows which paths were requested: a resumed handler
+stages only the rest, and a job that ends part way (102 after some calls were
+accepted, an unexpected error, its deadline) has exactly the requested paths
+that no other live job holds cancelled, by the scheduler, as for a timeout.
+
+The deadline (``activeDeadlineSeconds``) runs from the job's start in every
+state: the scheduler times out a job stuck resolving too, and this handler
+stops waiting for the lookup once the deadline has passed.
 
 The files are in the database *before* Scout is asked, because the archive's
 Kafka message for a file can arrive before the stage call returns and the
@@ -28,9 +39,11 @@ fail a job: they raise :class:`RetryLater` and kopf runs the handler again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -47,6 +60,18 @@ from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
 
 log = logging.getLogger(__name__)
+
+#: The create handler stops waiting for the file lookup this long after the
+#: job's deadline (the scheduler has timed the job out by then).
+DEADLINE_GRACE_SECONDS = 1.0
+
+
+class JobEnded(Exception):
+    """The job left ``staging`` (deadline, deletion) while its stage calls were under way."""
+
+    def __init__(self, state: str | None) -> None:
+        super().__init__(f"the job is {state or 'gone'}")
+        self.state = state
 
 
 class RetryLater(Exception):
@@ -162,9 +187,15 @@ async def _advance(
             await app.project(job.id)  # show Resolving while the lookup runs
         started = time.monotonic()
         try:
-            paths = await _resolve(app, spec)
+            paths = await asyncio.wait_for(_resolve(app, spec), _until_deadline(job))
         except ResolveError as exc:
             await _fail(app, job, ref, exc.code, exc.message)
+            return
+        except TimeoutError:
+            # The deadline passed during the lookup: the scheduler times the job
+            # out (code 10, callback); the handler has nothing left to do.
+            log.info("job %s (%s/%s): deadline passed while resolving", *_ids(job, ref))
+            app.wake()
             return
         resolved = time.monotonic()
         recorded = await app.db.run(lambda cur: q.record_files(cur, job.id, paths or []))
@@ -188,13 +219,48 @@ async def _advance(
     if current is None or current.state != "staging" or current.stage_requested_at is not None:
         await app.project(job.id)
         return
-    if paths is None:  # resumed after a restart: only what has no news yet
-        paths = await app.db.run(lambda cur: q.pending_paths(cur, job.id))
+    if paths is None:  # resumed after a restart: what Scout has not accepted yet
+        paths = await app.db.run(lambda cur: q.unrequested_paths(cur, job.id))
+    else:  # stage order is code-point order, so that the stage cursor means something
+        paths = sorted(paths)
+    accepted = 0
+
+    async def on_accepted(part: Sequence[str]) -> None:
+        nonlocal accepted
+        last = part[-1]
+        state = await app.db.run(lambda cur: q.record_stage_progress(cur, job.id, last))
+        accepted += len(part)
+        if state != "staging":
+            raise JobEnded(state)
+
     started = time.monotonic()
     try:
-        calls = await app.scout.stage(paths, str(current.job_id), settings.kafka_topic)
+        calls = await app.scout.stage(
+            paths, str(current.job_id), settings.kafka_topic, on_accepted=on_accepted
+        )
+    except JobEnded as ended:
+        # Timed out (or deleted) while staging: what was staged is cancelled by
+        # the scheduler (record_stage_progress scheduled it); nothing more to do.
+        log.info(
+            "job %s (%s/%s) ended (%s) while staging; %d of %d files had been requested",
+            current.job_id,
+            ref.namespace,
+            ref.name,
+            ended.state or "deleted",
+            accepted,
+            len(paths),
+        )
+        await app.project(job.id)
+        app.wake()
+        return
     except ScoutError as exc:
-        await _fail(app, current, ref, ReturnCode.STAGE_FAILED, str(exc))
+        message = str(exc)
+        if accepted:
+            message += (
+                f"; {accepted} of {len(paths)} files had been requested from the archive"
+                " and are being cancelled"
+            )
+        await _fail(app, current, ref, ReturnCode.STAGE_FAILED, message)
         return
     log.info(
         "job %s (%s/%s): %d files staged in %d call(s) in %.2f s",
@@ -213,6 +279,18 @@ async def _advance(
     )
     await app.project(job.id)
     app.wake()  # the first restage pass is now scheduled
+
+
+def _until_deadline(job: JobRow) -> float:
+    """Seconds left until the job's deadline (a little more, so the scheduler is first)."""
+    if job.deadline is None:
+        return 365 * 86400.0
+    left = (job.deadline - datetime.now(UTC)).total_seconds()
+    return max(left, 0.0) + DEADLINE_GRACE_SECONDS
+
+
+def _ids(job: JobRow, ref: ObjectRef) -> tuple[int, str, str]:
+    return job.job_id, ref.namespace, ref.name
 
 
 async def _resolve(app: App, spec: Mapping[str, Any]) -> list[str]:

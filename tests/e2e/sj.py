@@ -1,8 +1,10 @@
-"""Driving StagingJobs on the real stack, for the operator's end-to-end tests.
+"""Driving StagingJobs on a :class:`~tests.e2e.target.Target`, for the operator's e2e tests.
 
 Everything goes through kubectl (the Kubernetes API) and the simulators'
 control endpoints; nothing reaches into the operator or its database, except
-the kubectl plugin, which is itself under test.
+the kubectl plugin, which is itself under test. The target is the local stack
+or an external cluster (tests/e2e/target.py); the helpers also take a local
+:class:`~devstack.stack.Stack` (tests marked ``local_only`` pass theirs).
 """
 
 from __future__ import annotations
@@ -14,30 +16,28 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack.stack import Stack
+from tests.e2e.target import (
+    FAST_ENV,
+    OPERATOR,
+    Target,
+    as_target,
+    http,
+    restore_operator,
+    start_fast_operator,
+)
 from tests.helpers import wait_for
 
-API_VERSION = "staging.mwatelescope.org/v1alpha1"
+__all__ = ["FAST_ENV", "OPERATOR", "http", "restore_operator", "start_fast_operator"]
 
-#: Operator settings that make retries and backoffs test-sized. The launcher's
-#: defaults are production-like (a 120 s Scout retry budget, 5 s first callback
-#: backoff); the operator under test gets these on top of ``service_env``.
-FAST_ENV = {
-    "SCOUT_RETRY_BUDGET_SECONDS": "3",
-    "SCOUT_RETRY_INITIAL_SECONDS": "0.2",
-    "SCOUT_RETRY_MAX_SECONDS": "1",
-    "CALLBACK_BACKOFF_INITIAL_SECONDS": "0.5",
-    "CALLBACK_BACKOFF_MAX_SECONDS": "2",
-    "DATA_FILES_ATTEMPTS": "2",
-    "DATA_FILES_RETRY_SECONDS": "0.2",
-    "SCHEDULER_MAX_SLEEP_SECONDS": "5",
-}
+API_VERSION = "staging.mwatelescope.org/v1alpha1"
 
 _ids = itertools.count(int(time.time() * 1000) % 10**11 * 10)
 
@@ -50,10 +50,10 @@ def new_job_id() -> int:
 class Jobs:
     """StagingJobs of one test namespace."""
 
-    def __init__(self, stack: Stack, namespace: str) -> None:
-        self.stack = stack
+    def __init__(self, target: Target | Stack, namespace: str) -> None:
+        self.target = as_target(target)
         self.ns = namespace
-        self.callback_url = stack.env["CALLBACK_URL"]
+        self.callback_url = self.target.env["CALLBACK_URL"]
 
     # -- objects ---------------------------------------------------------------
 
@@ -73,7 +73,7 @@ class Jobs:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
             json.dump(obj, handle)
         try:
-            return self.stack.kubectl(*args, "-f", handle.name, check=check)
+            return self.target.kubectl(*args, "-f", handle.name, check=check)
         finally:
             os.unlink(handle.name)
 
@@ -91,7 +91,7 @@ class Jobs:
         return result.stderr
 
     def get(self, name: str) -> dict[str, Any] | None:
-        result = self.stack.kubectl(
+        result = self.target.kubectl(
             "get", "stagingjob", name, "-n", self.ns, "-o", "json", check=False
         )
         if result.returncode != 0:
@@ -144,10 +144,10 @@ class Jobs:
         )
 
     def delete(self, name: str) -> None:
-        self.stack.kubectl("delete", "stagingjob", name, "-n", self.ns, "--wait=false")
+        self.target.kubectl("delete", "stagingjob", name, "-n", self.ns, "--wait=false")
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        result = self.stack.kubectl(
+        result = self.target.kubectl(
             "get",
             "events",
             "-n",
@@ -161,10 +161,14 @@ class Jobs:
 
     def plugin_files(self, name: str, *args: str) -> list[list[str]]:
         """Rows of ``kubectl-stagingjob files NAME`` (split on runs of spaces, path 3rd)."""
+        if "DATABASE_URL" not in self.target.env:
+            pytest.skip(
+                "the plugin reads the database, whose URL is unknown (MWA_E2E_DATABASE_URL)"
+            )
         env = dict(
             os.environ,
-            KUBECONFIG=self.stack.env["KUBECONFIG"],
-            DATABASE_URL=self.stack.env["DATABASE_URL"],
+            KUBECONFIG=self.target.env["KUBECONFIG"],
+            DATABASE_URL=self.target.env["DATABASE_URL"],
         )
         plugin = Path(sys.executable).with_name("kubectl-stagingjob")
         result = subprocess.run(
@@ -178,24 +182,12 @@ class Jobs:
         return [line.split(None, 3) for line in result.stdout.splitlines() if line]
 
 
-# -- the simulators ---------------------------------------------------------------
+# -- the simulators and the callback receiver (see Target) ----------------------------
 
 
-def http(method: str, url: str, body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
-
-
-def scout_calls(stack: Stack, key: int | None = None) -> list[dict[str, Any]]:
+def scout_calls(target: Target | Stack, key: int | None = None) -> list[dict[str, Any]]:
     """Scout calls the simulator received (for one job id's key)."""
-    base = stack.env["SIM_CONTROL_URL"]
-    url = f"{base}/control/calls" + (f"?key={key}" if key is not None else "")
-    return list(http("GET", url))
+    return as_target(target).scout_calls(key)
 
 
 def calls_to(calls: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
@@ -207,71 +199,43 @@ CANCEL = "/v1/request/cancelbatchstage"
 FILE = "/v1/file"
 
 
-def callbacks(stack: Stack, job_id: int) -> list[dict[str, Any]]:
-    """Requests the callback receiver logged for this job id, in order."""
-    path = Path(stack.env["CALLBACK_LOG"])
-    if not path.exists():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        body = entry.get("body")
-        if isinstance(body, dict) and body.get("job_id") == job_id:
-            found.append(entry)
-    return found
+def callbacks(target: Target | Stack, job_id: int) -> list[dict[str, Any]]:
+    """Requests the callback receiver logged for this job id, in order.
+
+    Read through the receiver's ``GET /_control/log``, not its file, so that it
+    works where the receiver runs (the local stack or a cluster).
+    """
+    return as_target(target).callbacks(job_id)
 
 
-def callback_control(stack: Stack, path: str, body: Any = None, method: str = "POST") -> Any:
-    base = stack.env["CALLBACK_URL"].rsplit("/callback", 1)[0]
-    return http(method, f"{base}/_control{path}", body)
+def callback_control(
+    target: Target | Stack, path: str, body: Any = None, method: str = "POST"
+) -> Any:
+    return as_target(target).callback_control(path, body, method)
 
 
-def data_files_requests(stack: Stack) -> list[dict[str, Any]]:
-    base = stack.env["DATA_FILES_URL"].split("/metadata/", 1)[0]
-    return list(http("GET", f"{base}/_control/requests"))
+def data_files_requests(target: Target | Stack) -> list[dict[str, Any]]:
+    return as_target(target).data_files_requests()
 
 
-@contextmanager
-def scout_outage(stack: Stack, status: int = 503) -> Iterator[None]:
-    base = stack.env["SIM_CONTROL_URL"]
-    http("POST", f"{base}/control/outage", {"status": status})
-    try:
-        yield
-    finally:
-        http("DELETE", f"{base}/control/outage")
+def scout_outage(target: Target | Stack, status: int = 503) -> AbstractContextManager[None]:
+    return as_target(target).scout_outage(status)
 
 
 # -- fixtures (imported by the test modules) ----------------------------------------
 
-OPERATOR = "operator-e2e"
-
-
-def start_fast_operator(stack: Stack) -> None:
-    """Replace the stack's operator by one with test-sized retries (same code, same env)."""
-    if stack.is_running("operator"):
-        stack.stop("operator")
-    stack.spawn(OPERATOR, "operator", FAST_ENV)
-
-
-def restore_operator(stack: Stack) -> None:
-    stack.stop(OPERATOR)
-    if "operator" in stack.services:
-        stack.start("operator")
-
 
 @contextmanager
-def namespace(stack: Stack, prefix: str) -> Iterator[Jobs]:
+def namespace(target: Target | Stack, prefix: str) -> Iterator[Jobs]:
     """A fresh namespace; its StagingJobs are deleted (through the operator) afterwards."""
+    target = as_target(target)
     name = f"{prefix}-{new_job_id() % 10**8}"
-    stack.kubectl("create", "namespace", name)
-    jobs = Jobs(stack, name)
+    target.kubectl("create", "namespace", name)
+    jobs = Jobs(target, name)
     try:
         yield jobs
     finally:
-        stack.kubectl(
+        target.kubectl(
             "delete",
             "stagingjobs",
             "--all",
@@ -281,4 +245,4 @@ def namespace(stack: Stack, prefix: str) -> Iterator[Jobs]:
             "--timeout=60s",
             check=False,
         )
-        stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        target.kubectl("delete", "namespace", name, "--wait=false", check=False)

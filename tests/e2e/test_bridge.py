@@ -35,6 +35,7 @@ from kubernetes.client import CustomObjectsApi
 from bench.preload import Job, message, preload_jobs, produce, producer, unique_paths
 from devstack.stack import Stack
 from mwa_staging import kube
+from tests.e2e.target import Target
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.stack
@@ -534,9 +535,13 @@ def test_wrong_scram_password_fails_health_clearly(bridge_stack: Stack, tmp_path
 # --------------------------------------------------------------------------- through the operator
 
 
-def test_files_staged_through_the_operator_complete(stack: Stack) -> None:
-    """The real flow: operator -> Scout simulator -> Banksia's Kafka messages -> bridge."""
-    if "operator" in stack.skipped or "kafka-bridge" in stack.skipped:
+def test_files_staged_through_the_operator_complete(target: Target) -> None:
+    """The real flow: operator -> Scout simulator -> Banksia's Kafka messages -> bridge.
+
+    On the ``target`` (the local stack or an external cluster); the tests above
+    take ``bridge_stack`` and are ``local_only`` (tests/conftest.py).
+    """
+    if "operator" in target.skipped or "kafka-bridge" in target.skipped:
         pytest.skip("needs the operator and the bridge in the session stack")
     tag = os.urandom(4).hex()
     files = [f"mwa/{tag}/{tag}_ch{i:03d}.fits" for i in range(20)]
@@ -549,12 +554,12 @@ def test_files_staged_through_the_operator_complete(stack: Stack) -> None:
         "spec": {
             "jobId": int(tag, 16) + 1,
             "files": files,
-            "callback": {"url": env(stack, "CALLBACK_URL")},
+            "callback": {"url": target.env["CALLBACK_URL"]},
         },
     }
-    api = CustomObjectsApi(kube.api_client(env(stack, "KUBECONFIG")))
+    api = CustomObjectsApi(kube.api_client(target.env["KUBECONFIG"]))
     api.create_namespaced_custom_object(kube.GROUP, kube.VERSION, "default", kube.PLURAL, body)
-    jobs = kube.StagingJobs(kube.api_client(env(stack, "KUBECONFIG")))
+    jobs = kube.StagingJobs(kube.api_client(target.env["KUBECONFIG"]))
 
     def complete() -> dict[str, Any] | None:
         st = dict((jobs.get("default", name) or {}).get("status") or {})

@@ -18,7 +18,8 @@ from tests.e2e import sj
 from tests.e2e.sj import STAGE, Jobs, callbacks, calls_to, new_job_id, scout_calls
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.stack
+# local_only: the test kills and restarts the operator's process.
+pytestmark = [pytest.mark.stack, pytest.mark.local_only]
 
 OBS_ID = 1234899999  # the data_files simulator gives it 99,999 files
 FILES = OBS_ID % 100_000

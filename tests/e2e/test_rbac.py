@@ -23,7 +23,8 @@ from devstack import build, chart
 from devstack.stack import Stack
 from tests.e2e import sj
 
-pytestmark = pytest.mark.stack
+# local_only: the test stops the stack's services and spawns its own.
+pytestmark = [pytest.mark.stack, pytest.mark.local_only]
 
 RELEASE = "rbac"
 
