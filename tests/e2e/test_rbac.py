@@ -12,6 +12,7 @@ account may not do).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ RELEASE = "rbac"
 
 
 def _helm(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"KUBECONFIG": stack.env["KUBECONFIG"], "PATH": stack.env["PATH"]}
+    env = dict(os.environ, KUBECONFIG=stack.env["KUBECONFIG"], PATH=stack.env["PATH"])
     return subprocess.run(
         [str(build.helm_bin()), *args], env=env, capture_output=True, text=True, timeout=180
     )
