@@ -86,7 +86,8 @@ forward() { # resource remote-port variable: forward, and set variable to the lo
     kubectl "${ns[@]}" port-forward "$1" ":$2" >"$out" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 100); do
-        port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$out" | head -n 1)
+        port=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) .*/\1/p' "$out")
+        port=${port%%$'\n'*}
         [[ -n "$port" ]] && break
         sleep 0.2
     done
