@@ -1,14 +1,24 @@
 """The Kafka side: a consumer-group member that records batches and commits after the database.
 
-At-least-once: auto-commit is off and a batch's offsets are committed
-synchronously, from this thread, only after its database transaction committed.
-The transaction of batch N runs in a recorder thread while this thread consumes
-and parses batch N+1 (the database and the parsing then use both cores); Kafka
-offsets are still committed in order, each after its own transaction. When
-librdkafka serves a rebalance (its callbacks run inside ``consume``), the
-revocation callback waits for the batch being recorded and commits it while the
-partitions are still ours: the next owner starts right after it. SIGTERM only
-sets a flag; the loop finishes the batch in hand, commits, and leaves the group.
+At-least-once: auto-commit is off and a batch's offsets are committed, from
+this thread, only after its database transaction committed. The transaction of
+batch N runs in a recorder thread while this thread consumes and parses batch
+N+1 (the database and the parsing then use both cores); Kafka offsets are still
+committed in order, each after its own transaction.
+
+In the steady loop the commit is asynchronous: the loop does not wait for the
+group coordinator's answer (tens to hundreds of milliseconds on a busy broker,
+which used to be most of a batch's cycle). That loses nothing: the database
+holds the applied offsets of every partition (``bridge_offsets``, written in
+the batch's transaction), so whatever a failed or unfinished Kafka commit lets
+come again is skipped; a later commit covers the earlier offsets anyway. Where
+the next reader depends on Kafka's offset -- the partitions are revoked in a
+rebalance, or the bridge stops -- the newest offsets are committed
+synchronously first: when librdkafka serves a rebalance (its callbacks run
+inside ``consume``), the revocation callback waits for the batch being recorded
+and commits it while the partitions are still ours, so the next owner starts
+right after it. SIGTERM only sets a flag; the loop finishes the batch in hand,
+commits, and leaves the group.
 
 Broker reachability comes from librdkafka itself: the error callback reports
 "all brokers down" and authentication/TLS failures, the statistics callback
@@ -46,7 +56,8 @@ _FATAL_CONFIG_ERRORS = {
 
 
 def consumer_config(settings: Settings, member: str, on_error: Callable[..., None],
-                    on_stats: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+                    on_stats: Callable[[str], None],
+                    on_commit: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
     """librdkafka settings: the broker connection from Settings plus the group's behaviour."""
     conf: dict[str, Any] = dict(settings.kafka_config())
     conf.update(
@@ -57,6 +68,12 @@ def consumer_config(settings: Settings, member: str, on_error: Callable[..., Non
             "enable.auto.offset.store": False,
             "auto.offset.reset": settings.bridge_auto_offset_reset,
             "statistics.interval.ms": 1000,
+            # While messages trickle in, let the broker gather up to one batch
+            # window of them per fetch instead of answering every produce
+            # request's worth at once: a fraction of the fetch requests (broker
+            # CPU) for no more latency than the batch window adds anyway.
+            "fetch.min.bytes": 65_536,
+            "fetch.wait.max.ms": max(1, min(500, settings.bridge_batch_window_ms)),
             "reconnect.backoff.ms": 100,
             "reconnect.backoff.max.ms": 2000,
             "socket.keepalive.enable": True,
@@ -64,6 +81,8 @@ def consumer_config(settings: Settings, member: str, on_error: Callable[..., Non
             "stats_cb": on_stats,
         }
     )
+    if on_commit is not None:
+        conf["on_commit"] = on_commit
     return conf
 
 
@@ -94,7 +113,11 @@ class BridgeConsumer:
         # One recorder thread: batches and heartbeats use its connection in turn.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self._inflight: tuple[Future[Result | None], float, int] | None = None
-        self._consumer = Consumer(consumer_config(settings, member, self._on_error, self._on_stats))
+        # partition -> next offset, of every batch recorded since the last synchronous commit
+        self._uncommitted: dict[int, int] = {}
+        self._consumer = Consumer(
+            consumer_config(settings, member, self._on_error, self._on_stats, self._on_commit)
+        )
 
     def stop(self) -> None:
         """Finish the batch in hand, commit it and leave (safe from a signal handler)."""
@@ -132,14 +155,23 @@ class BridgeConsumer:
             if number in self._assigned and part.get("consumer_lag", -1) >= 0:
                 metrics.CONSUMER_LAG.labels(str(number)).set(part["consumer_lag"])
 
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Result of an asynchronous offset commit (served inside ``consume``)."""
+        if err is not None:
+            # The rows are in; the messages may come again and are skipped by the
+            # offsets stored in the database. A later commit covers these too.
+            self._rlog.warning("commit", "offset commit failed (a later one covers it): %s", err)
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update(p.partition for p in partitions)
         log.info("assigned partitions %s", sorted(p.partition for p in partitions))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # A batch may still be recording: finish it and commit its offsets while
-        # the partitions are still ours, so the next owner starts after it.
+        # A batch may still be recording: finish it and commit its offsets (and
+        # those of earlier batches) while the partitions are still ours, so the
+        # next owner starts after them.
         self._finish_inflight()
+        self._commit_sync({p.partition for p in partitions})
         for p in partitions:
             self._assigned.discard(p.partition)
             with contextlib.suppress(KeyError):
@@ -152,8 +184,9 @@ class BridgeConsumer:
 
         Pipelined: while batch N's transaction runs in the recorder thread (the
         database works on the other core), this thread consumes and parses batch
-        N+1; then it waits for N, commits N's offsets and hands N+1 over. Offsets
-        are still committed strictly after their transaction, in order.
+        N+1; then it waits for N, commits N's offsets (asynchronously) and hands
+        N+1 over. Offsets are still committed strictly after their transaction,
+        in order.
         """
         self._consumer.subscribe(
             [self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -163,16 +196,10 @@ class BridgeConsumer:
         heartbeats = 0
         try:
             while not self._stop.is_set():
-                _t0 = time.perf_counter()  # DBG
                 messages = self._consumer.consume(self._batch_size, self._window)
-                _t1 = time.perf_counter()  # DBG
                 self._health.polled()
                 parsed = self._parse(messages) if messages else None
-                _t2 = time.perf_counter()  # DBG
                 self._finish_inflight()
-                _t3 = time.perf_counter()  # DBG
-                if messages:  # DBG
-                    log.info("DBG n=%d consume=%.1f parse=%.1f wait=%.1f", len(messages), (_t1-_t0)*1e3, (_t2-_t1)*1e3, (_t3-_t2)*1e3)  # DBG
                 if parsed is not None:
                     self._inflight = (
                         self._worker.submit(
@@ -190,6 +217,7 @@ class BridgeConsumer:
                     next_heartbeat = now + self._heartbeat_every
         finally:
             self._finish_inflight()
+            self._commit_sync(None)
             self._health.stopping = True
             self._worker.submit(self._recorder.heartbeat, self._member).result()
             self._worker.shutdown()
@@ -212,26 +240,35 @@ class BridgeConsumer:
         result = future.result()
         if result is None:
             return  # stopping while the database was away: leave the offsets uncommitted
-        _c0 = time.perf_counter()  # DBG
         self._commit(result)
-        log.info("DBG kcommit=%.1f", (time.perf_counter() - _c0) * 1e3)  # DBG
         self._health.applied(result.batch.valid)
         self._count(result)
         metrics.BATCH_SIZE.observe(size)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
 
     def _commit(self, result: Result) -> None:
-        offsets = [
-            TopicPartition(self._topic, part, nxt)
-            for part, nxt in sorted(result.batch.next_offsets().items())
-        ]
-        if not offsets:
+        """Commit a recorded batch's offsets without waiting for the coordinator's answer."""
+        nexts = result.batch.next_offsets()
+        if not nexts:
             return
+        self._uncommitted.update(nexts)
+        offsets = [TopicPartition(self._topic, part, nxt) for part, nxt in sorted(nexts.items())]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self._rlog.warning("commit", "offset commit failed (a later one covers it): %s", exc)
+
+    def _commit_sync(self, partitions: set[int] | None) -> None:
+        """Commit the newest recorded offsets of ``partitions`` (None: all) and wait for it."""
+        parts = sorted(p for p in self._uncommitted if partitions is None or p in partitions)
+        if not parts:
+            return
+        offsets = [TopicPartition(self._topic, p, self._uncommitted.pop(p)) for p in parts]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # The rows are in; the messages will come again and be skipped by
-            # the stored offsets. A later commit covers these offsets too.
+            # The next reader re-reads these messages and skips them by the
+            # offsets stored in the database: nothing is lost or counted twice.
             self._rlog.warning("commit", "offset commit failed (will be redelivered): %s", exc)
 
     def _count(self, result: Result) -> None:

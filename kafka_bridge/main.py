@@ -63,11 +63,16 @@ def run() -> None:
         conn.close()
 
     jobs = kube.StagingJobs(kube.api_client(settings.kubeconfig))
-    projector = Projector(dsn, jobs, min_interval_s=settings.bridge_patch_interval_ms / 1000.0)
+    projector = Projector(
+        dsn,
+        jobs,
+        min_interval_s=settings.bridge_patch_interval_ms / 1000.0,
+        patch_rate=settings.bridge_patch_rate,
+    )
     projector.start()
 
-    def after_commit(_result: Result) -> None:
-        projector.wake()
+    def after_commit(result: Result) -> None:
+        projector.wake(result.recorded.completed)
 
     recorder = Recorder(
         dsn,

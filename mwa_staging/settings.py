@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     bridge_patch_interval_ms: int = Field(
         default=500, ge=0, description="At most one status patch per job per this interval."
     )
+    bridge_patch_rate: float = Field(
+        default=10.0,
+        gt=0,
+        description="Progress status patches per second, all jobs together (completions are"
+        " patched at once): with N jobs receiving files, each is patched every N/rate seconds"
+        " at most.",
+    )
     bridge_max_message_bytes: int = 65_536
     bridge_malformed_keep: int = Field(default=10_000, ge=1)
     bridge_auto_offset_reset: Literal["earliest", "latest"] = Field(

@@ -4,24 +4,66 @@ psycopg2 is synchronous; the operator calls it from worker threads
 (``asyncio.to_thread``) and the bridge from its consumer thread. Connections are
 opened with keepalives and a connect timeout so that a database restart is
 noticed and a reconnect can follow instead of a hang.
+
+The connection string holds the password, and libpq quotes the string back in
+some errors (``invalid dsn: missing "=" after "postgresql//user:secret@..."``
+for a mistyped ``DATABASE_URL``). Such errors would end up in logs and kopf's
+Events, so :func:`connect` re-raises them with the password removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+from urllib.parse import unquote, urlsplit
+
 import psycopg2
 import psycopg2.extensions
+
+REDACTED = "***"
+
+
+def _secrets(dsn: str) -> list[str]:
+    """Password-like parts of a connection string (URL or key=value), best effort."""
+    found: list[str] = []
+    with contextlib.suppress(psycopg2.Error):
+        found.append(psycopg2.extensions.parse_dsn(dsn).get("password") or "")
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+    if password:
+        found += [password, unquote(password)]
+    # A URL too broken to parse: whatever sits between the last ':' and '@' of its userinfo.
+    head = dsn.split("@", 1)[0] if "@" in dsn else ""
+    if ":" in head:
+        found.append(head.rsplit(":", 1)[1])
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def redact(text: str, dsn: str) -> str:
+    """``text`` with every password-like part of ``dsn`` replaced by ``***``."""
+    for secret in _secrets(dsn):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def connect(dsn: str, *, application_name: str = "mwa-staging") -> psycopg2.extensions.connection:
     """Open a connection in READ COMMITTED with autocommit off (explicit transactions)."""
-    conn = psycopg2.connect(
-        dsn,
-        application_name=application_name,
-        connect_timeout=10,
-        keepalives=1,
-        keepalives_idle=30,
-        keepalives_interval=10,
-        keepalives_count=3,
-    )
+    try:
+        conn = psycopg2.connect(
+            dsn,
+            application_name=application_name,
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+    except psycopg2.Error as exc:
+        message = str(exc)
+        clean = redact(message, dsn)
+        if clean == message:
+            raise
+        raise type(exc)(clean) from None
     conn.autocommit = False
     return conn

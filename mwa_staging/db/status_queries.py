@@ -54,17 +54,17 @@ def mark_projected(cur: Cursor, job_pk: int, version: int) -> None:
 
 
 def dirty_jobs(cur: Cursor, *, min_interval_s: float, limit: int) -> list[int]:
-    """Jobs whose status is behind their row, oldest projection first.
+    """Jobs whose status is behind their row: finished ones first, then oldest projection first.
 
     A job projected less than ``min_interval_s`` ago waits (coalescing a burst of
     arrivals into few patches), unless it has reached a final state: the end of a
-    job is shown at once.
+    job is shown at once, ahead of progress updates.
     """
     cur.execute(
         "SELECT id FROM jobs WHERE version > projected_version"
         " AND (projected_at IS NULL OR state IN ('complete', 'failed')"
         "      OR projected_at <= now() - make_interval(secs => %s))"
-        " ORDER BY projected_at NULLS FIRST LIMIT %s",
+        " ORDER BY state IN ('complete', 'failed') DESC, projected_at NULLS FIRST LIMIT %s",
         (min_interval_s, limit),
     )
     return [row[0] for row in cur.fetchall()]
@@ -81,3 +81,16 @@ def next_dirty_due(cur: Cursor, *, min_interval_s: float) -> float | None:
     if not row or row[0] is None:
         return None
     return max(0.0, float(row[0]))
+
+
+def dirty_summary(cur: Cursor, *, min_interval_s: float) -> tuple[int, float | None]:
+    """How many jobs are dirty, and :func:`next_dirty_due` (one query)."""
+    cur.execute(
+        "SELECT count(*), extract(epoch FROM min(coalesce(projected_at, now())"
+        " + make_interval(secs => %s)) - now()) FROM jobs WHERE version > projected_version",
+        (min_interval_s,),
+    )
+    row = cur.fetchone()
+    if not row:
+        return 0, None
+    return int(row[0]), None if row[1] is None else max(0.0, float(row[1]))

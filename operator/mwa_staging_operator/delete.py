@@ -35,8 +35,13 @@ async def handle_delete(app: App, ref: ObjectRef) -> None:
     job = await app.db.run(lambda cur: q.get_job_by_uid(cur, ref.uid))
     if job is None:
         return
-    app.scheduler.forget_callback(job.id)
+    # Retire first, then stop an attempt in flight: once retire_job committed no
+    # pass can claim the callback any more, while an attempt claimed before it
+    # has had its task started by then (the claim and the start happen in one
+    # step of the scheduler) and is cancelled here. The other order left a gap
+    # in which a pass could claim, and send, the callback of a deleted job.
     before = await app.db.run(lambda cur: q.retire_job(cur, job.id))
+    app.scheduler.forget_callback(job.id)
     if before is not None and before.live and before.state in q.ACTIVE_STATES:
         paths = await app.db.run(lambda cur: q.cancel_candidates(cur, job.id))
         if paths:

@@ -252,7 +252,12 @@ def test_failed_file_staged_later_becomes_ready(bridge_stack: Stack) -> None:
     send(bridge_stack, [(first, message(first, "no valid copies")), (second, message(second))])
     wait_consumed(bridge_stack)
     assert (job_row(bridge_stack, job)["ready"], job_row(bridge_stack, job)["errors"]) == (1, 1)
-    send(bridge_stack, [(first, message(first)), (third, message(third))])
+    # The retry first: messages of different paths may sit in different partitions
+    # and be recorded in either order, and the third file's arrival would
+    # otherwise complete the job (2 ready, 1 failed) before the retry is seen.
+    send(bridge_stack, [(first, message(first))])
+    wait_consumed(bridge_stack)
+    send(bridge_stack, [(third, message(third))])
     assert_exact(bridge_stack, job, 3, 0)
     assert job_row(bridge_stack, job)["return_code"] == 0
 
@@ -444,7 +449,7 @@ def test_two_replicas_share_a_burst(bridge_stack: Stack) -> None:
             metric_value(metrics_text(p), applied, 'outcome="applied"') for p in (port1, port2)
         ]
         wait_for(
-            lambda: "mwa_bridge_consumer_lag" in metrics_text(port2),
+            lambda: "mwa_bridge_consumer_lag{" in metrics_text(port2),  # a sample, not HELP
             timeout=60,
             message="the second replica got partitions",
         )
@@ -459,6 +464,130 @@ def test_two_replicas_share_a_burst(bridge_stack: Stack) -> None:
         assert sum(after) - sum(before) == 20_000
     finally:
         bridge_stack.stop("kafka-bridge-2")
+
+
+def test_bridge_sigterm_mid_burst_finishes_its_batch_and_exits_0(
+    bridge_stack: Stack, tmp_path: Path
+) -> None:
+    """SIGTERM: the batch in hand is recorded and committed, the process exits 0, and a
+    restarted bridge finishes the burst with exact counts (nothing lost or counted twice).
+
+    The stack's bridge is replaced by one run here (to see its exit status) with
+    small batches, so that the burst is surely still under way when the signal comes.
+    """
+    topic = env(bridge_stack, "KAFKA_TOPIC")
+    bridge_stack.stop("kafka-bridge")
+    run_env = dict(os.environ)
+    run_env.update(bridge_stack.service_env("kafka-bridge"))
+    run_env.update({"BRIDGE_HTTP_PORT": str(free_port()), "BRIDGE_BATCH_SIZE": "100"})
+    group = run_env["KAFKA_GROUP"]
+    log = tmp_path / "bridge.log"
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kafka_bridge"], env=run_env, stdout=out, stderr=out,
+                cwd=Path(__file__).resolve().parents[2],
+            )  # fmt: skip
+            try:
+                wait_for(
+                    lambda: "assigned partitions" in log.read_text(),
+                    timeout=60,
+                    message="the bridge got its partitions",
+                )
+                jobs = preload(bridge_stack, 20_000, 20_000)
+                unknown_before = counter(bridge_stack, "unknown_path_messages")
+                send(bridge_stack, burst(bridge_stack, jobs, unknown=500))
+                wait_for(lambda: progress(bridge_stack, jobs) > 0, timeout=60, message="burst")
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        text = log.read_text()
+        assert code == 0, text[-3000:]
+        assert "finishing the batch in hand" in text and "left the consumer group" in text
+        done = progress(bridge_stack, jobs)
+        assert 0 < done < 40_000, f"the burst was not under way at SIGTERM ({done} applied)"
+        # What the database holds is exactly what Kafka has as committed: the
+        # batch in hand was recorded and its offsets committed before the exit.
+        stored = dict(
+            query(
+                bridge_stack,
+                "SELECT partition, next_offset FROM bridge_offsets WHERE topic = %s",
+                (topic,),
+            )
+        )
+        probe = Consumer({"bootstrap.servers": env(bridge_stack, "KAFKA_BOOTSTRAP"),
+                          "group.id": group, "enable.auto.commit": False})  # fmt: skip
+        try:
+            committed = probe.committed([TopicPartition(topic, p) for p in stored], timeout=10)
+        finally:
+            probe.close()
+        assert {tp.partition: tp.offset for tp in committed} == stored
+    finally:
+        bridge_stack.start("kafka-bridge")
+    for job in jobs:
+        assert_exact(bridge_stack, job, 20_000, 0)
+    wait_consumed(bridge_stack)
+    assert counter(bridge_stack, "unknown_path_messages") == unknown_before + 500
+
+
+def test_a_message_the_database_refuses_is_isolated_and_kept(bridge_stack: Stack) -> None:
+    """A batch failing on its content (not a lost connection, not a conflict) is bisected:
+    the refused message is kept in malformed_messages with the database's error, the
+    rest of the batch is applied, and the bridge goes on.
+
+    The refusal is a test trigger on job_files rejecting one path with a check
+    violation, standing for a constraint or limit the messages' validation missed.
+    """
+    (job,) = preload(bridge_stack, 300)
+    poison = job.paths[123]
+    topic = env(bridge_stack, "KAFKA_TOPIC")
+    malformed_before = counter(bridge_stack, "malformed_messages")
+    query_all = db(bridge_stack)
+    try:
+        with query_all.cursor() as cur:
+            cur.execute(
+                "CREATE FUNCTION test_refuse_path() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN RAISE EXCEPTION 'test refuses %', NEW.path"
+                "   USING ERRCODE = 'check_violation'; END $$"
+            )
+            cur.execute(
+                "CREATE TRIGGER test_refuse_path BEFORE UPDATE ON job_files FOR EACH ROW"
+                " WHEN (NEW.path = %s) EXECUTE FUNCTION test_refuse_path()",
+                (poison,),
+            )
+        start = high_watermarks(bridge_stack, topic)
+        send(bridge_stack, [(p, message(p)) for p in job.paths])
+        wait_consumed(bridge_stack)
+        row = job_row(bridge_stack, job)
+        assert (row["state"], row["ready"], row["errors"]) == ("staging", 299, 0)
+        assert file_states(bridge_stack, job) == {0: 1, 1: 299}
+        kept = [
+            r
+            for r in query(
+                bridge_stack,
+                'SELECT partition, "offset", reason, payload FROM malformed_messages'
+                " WHERE topic = %s",
+                (topic,),
+            )
+            if r[1] >= start.get(r[0], 0)
+        ]
+        assert len(kept) == 1, kept
+        reason, payload = kept[0][2], bytes(kept[0][3])
+        assert reason.startswith("refused by the database: SQLSTATE 23514"), reason
+        assert f"test refuses {poison}" in reason
+        assert json.loads(payload)["Filename"] == poison
+        assert counter(bridge_stack, "malformed_messages") == malformed_before + 1
+    finally:
+        with query_all.cursor() as cur:
+            cur.execute("DROP TRIGGER IF EXISTS test_refuse_path ON job_files")
+            cur.execute("DROP FUNCTION IF EXISTS test_refuse_path()")
+        query_all.close()
+    # Once the database accepts it, the same file's next message completes the job.
+    send(bridge_stack, [(poison, message(poison))])
+    assert_exact(bridge_stack, job, 300, 0)
 
 
 # --------------------------------------------------------------------------- SASL_SSL

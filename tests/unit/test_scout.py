@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
@@ -241,3 +241,34 @@ def test_tls_verified_by_default() -> None:
     assert Settings().scout_verify() is True
     assert Settings(scout_ca_file="/ca.pem").scout_verify() == "/ca.pem"
     assert Settings(scout_tls_verify=False).scout_verify() is False
+
+
+def test_stage_reports_each_accepted_call_and_stops_when_told() -> None:
+    """``on_accepted`` sees each accepted call in order (the operator's stage cursor);
+    a refused call is not reported, and an exception from the hook stops the rest."""
+    fake, clock = FakeScout(), Clock()
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    async def record(part: Sequence[str]) -> None:
+        seen.append(list(part))
+        if len(seen) == 2:
+            raise Stop
+
+    async def go() -> None:
+        client = make(fake, clock, scout_max_paths_per_call=2)
+        with pytest.raises(Stop):
+            await client.stage([f"p{i}" for i in range(7)], "1", "t", on_accepted=record)
+        seen.clear()
+        fake.failures = [400]
+        with pytest.raises(ScoutError):
+            await client.stage(["a", "b", "c"], "1", "t", on_accepted=record)
+        await client.aclose()
+
+    run(go())
+    assert seen == []  # the refused first call was never reported
+    bodies = [json.loads(r.content)["path"] for r in fake.calls("/v1/request/batchstage")]
+    assert bodies[:2] == [["p0", "p1"], ["p2", "p3"]]  # stopped after the second call
+    assert len(bodies) == 3
