@@ -8,7 +8,6 @@ marked ``stack`` use the session's stack (tests/conftest.py).
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from devstack import build, chart
+from devstack.pki import PKI
 
 REPO = build.REPO_DIR
 CHART = chart.CHART_DIR
@@ -343,40 +343,15 @@ def test_crd_can_be_left_out() -> None:
 
 
 def throwaway_tls(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate: (frontend PEM with its key beside it, CA file)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "haproxy.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
+    """A certificate from a throwaway CA: (frontend PEM with its key beside it, CA file)."""
+    pki = PKI(directory / "pki")
+    pki.ensure_ca()
+    issued = pki.issue("frontend", common_name="haproxy.test")
     frontend = directory / "frontend.pem"
-    frontend.write_bytes(pem)
+    shutil.copyfile(issued.cert, frontend)
     # The chart mounts tls.key as <certFile>.key: HAProxy loads it from there.
-    (directory / "frontend.pem.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    ca = directory / "ca.crt"
-    ca.write_bytes(pem)
-    return frontend, ca
+    shutil.copyfile(issued.key, directory / "frontend.pem.key")
+    return frontend, pki.ca.cert
 
 
 def haproxy_check(config: str, directory: Path) -> subprocess.CompletedProcess[str]:
