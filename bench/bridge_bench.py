@@ -21,8 +21,18 @@ database:
    watch delivery. Target: p99 < 1 s.
 
 Then it times the original design -- one UPDATE and one COMMIT per message --
-over a sample, on the same database. Prints one JSON object; every phase also
-records the load average and the CPU seconds each process of the stack used.
+over a sample, on the same database. Prints one JSON object on stdout (the
+stack's progress goes to stderr):
+
+* ``messages_per_s``: burst files / (last Complete seen - first message produced);
+* ``baseline_messages_per_s``, ``speedup``; ``bridge_peak_rss_mib`` (VmHWM);
+* ``paced_complete_latency_p99_s``: the latency target's figure;
+* ``burst``: throughput, ``complete_delay_incl_backlog_p50_s``/``_p99_s``;
+* ``paced``: ``complete_latency_p50_s``/``_p99_s`` and ``latency_breakdown``
+  (last message acknowledged -> the completing transaction -> its status patch
+  -> seen by the watch);
+* per phase, the load average and ``cpu_s``, CPU seconds per process of the
+  stack (this machine is shared: the figures move with the load).
 """
 
 from __future__ import annotations

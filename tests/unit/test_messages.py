@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,42 @@ def test_batch_skips_already_applied_offsets_but_commits_them() -> None:
     assert batch.arrivals.paths == ["f7", "f8", "f9"]
     assert batch.skipped == 7
     assert batch.next_offsets() == {0: 10}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"Filename": "a"}',
+        '{"Filename": "a"}  \n\t\r',
+        ' {"Filename": "a"}',
+        '{"Filename": "a"} x',
+        '{"Filename": "a"}{}',
+        '{"Filename": "a"}\u00a0',
+        '{"Filename": "a"}\x0b',
+        '{"Filename": "a"}\x00',
+        "{",
+        '{"Filename": }',
+        '{"Filename": "a\nb"}',
+        '{"Filename": "\\ud800"}',
+        '{"Inode": NaN, "Filename": "a"}',
+        '{"Inode": 1e400, "Filename": "a"}',
+        '{"a": 1, "a": 2}',
+        "\ufeff{}",
+        "[1]",
+    ],
+)
+def test_fast_json_scan_agrees_with_json_loads(text: str) -> None:
+    """The parser's direct use of the C scanner accepts and refuses exactly what json.loads does."""
+    from kafka_bridge.messages import _loads
+
+    def outcome(loads: Any) -> str:
+        try:
+            return repr(loads(text))
+        except ValueError:
+            return "refused"
+
+    assert outcome(_loads) == outcome(json.loads)
+
+
+def test_deeply_nested_message_is_malformed_not_a_crash() -> None:
+    assert parse(b'{"a":' * 100_000, 10**7) == Malformed("not JSON")
