@@ -41,8 +41,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from kafka_bridge import metrics
 from kafka_bridge.batch import Batch
 from kafka_bridge.health import Health
-from kafka_bridge.ratelimit import RateLimitedLog
 from kafka_bridge.recorder import Recorder, Result
+from mwa_staging.observability import RateLimitedLog
 from mwa_staging.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,11 @@ import psycopg2
 from psycopg2.extensions import connection as Connection
 
 from kafka_bridge import metrics
-from kafka_bridge.ratelimit import RateLimitedLog
 from kafka_bridge.recorder import Backoff
 from mwa_staging.db import status_queries
 from mwa_staging.db.connect import connect
 from mwa_staging.kube import StagingJobs
+from mwa_staging.observability import RateLimitedLog
 from mwa_staging.projection import Outcome, project_job
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,7 @@ class Projector(threading.Thread):
             self._urgent.clear()
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT id FROM jobs WHERE id = ANY(%s) AND version > projected_version"
-                    " ORDER BY id",
-                    (urgent,),
-                )
-                due = [row[0] for row in cur.fetchall()]
+                due = status_queries.still_dirty(cur, urgent)
             conn.commit()
             for job_pk in due:
                 self._project(conn, job_pk)

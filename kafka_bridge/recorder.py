@@ -37,10 +37,10 @@ from psycopg2.extensions import connection as Connection
 from kafka_bridge import metrics
 from kafka_bridge.batch import PAYLOAD_KEEP_BYTES, Batch, KafkaMessage, build
 from kafka_bridge.health import Health
-from kafka_bridge.ratelimit import RateLimitedLog
 from mwa_staging.db import arrivals as sql
 from mwa_staging.db.arrivals import MalformedRows
 from mwa_staging.db.connect import connect
+from mwa_staging.observability import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Backoff:
 
 
 class Recorder:
-    """Owns the consumer thread's database connection."""
+    """Owns the database connection the consumer's recorder thread uses (batches, heartbeats)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The Kubernetes API as the shared code uses it: StagingJob coordinates and status patches.
 
 Built on the official ``kubernetes`` client (synchronous: the bridge calls it from
-its projector thread, the operator through ``asyncio.to_thread``). Status is
+its projector thread, the operator from its worker thread pools). Status is
 written with a JSON merge patch of the ``status`` subresource, so spec and
 metadata are never touched and a patch of a deleted object is a harmless 404.
 """

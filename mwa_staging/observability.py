@@ -1,7 +1,9 @@
-"""Logging set-up and the small HTTP endpoint (``/healthz``, ``/metrics``) of each process.
+"""Logging set-up, rate-limited logging and the small HTTP endpoint (``/healthz``, ``/metrics``).
 
 Both processes log the same way (text or JSON lines) and serve the same two
-paths, so probes and scrapes look alike in the chart. The endpoint runs in a
+paths, so probes and scrapes look alike in the chart. Both use
+:class:`RateLimitedLog` where an outage (broker, database, API server) would
+otherwise repeat one warning many times a second. The endpoint runs in a
 daemon thread with the standard library's HTTP server: it must keep answering
 even when the process' main loop is busy, which is what a liveness probe asks.
 """
@@ -12,6 +14,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +34,38 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+class RateLimitedLog:
+    """Log each key at most once per ``interval`` seconds, saying how many were suppressed.
+
+    Thread-safe: the bridge's threads and the operator's worker threads share one.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e18) < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += f" ({suppressed} similar messages suppressed)"
+        self._log.log(level, msg, *args)
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, key, msg, *args)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

@@ -7,6 +7,7 @@ fast one, and when it fails it says nothing about what was awaited.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,3 +42,10 @@ def wait_for(
                 f"timed out after {timeout:.1f} s waiting for {message}{detail}"
             ) from last_exc
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A local port nothing listens on now (e.g. for a broker that is away)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

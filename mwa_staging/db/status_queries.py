@@ -53,6 +53,15 @@ def mark_projected(cur: Cursor, job_pk: int, version: int) -> None:
     )
 
 
+def still_dirty(cur: Cursor, job_pks: list[int]) -> list[int]:
+    """Those of ``job_pks`` whose status is still behind their row, in id order."""
+    cur.execute(
+        "SELECT id FROM jobs WHERE id = ANY(%s) AND version > projected_version ORDER BY id",
+        (job_pks,),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
 def dirty_jobs(cur: Cursor, *, min_interval_s: float, limit: int) -> list[int]:
     """Jobs whose status is behind their row: finished ones first, then oldest projection first.
 
@@ -70,21 +79,11 @@ def dirty_jobs(cur: Cursor, *, min_interval_s: float, limit: int) -> list[int]:
     return [row[0] for row in cur.fetchall()]
 
 
-def next_dirty_due(cur: Cursor, *, min_interval_s: float) -> float | None:
-    """Seconds until the next coalesced projection is due, or None if nothing is dirty."""
-    cur.execute(
-        "SELECT extract(epoch FROM min(coalesce(projected_at, now())"
-        " + make_interval(secs => %s)) - now()) FROM jobs WHERE version > projected_version",
-        (min_interval_s,),
-    )
-    row = cur.fetchone()
-    if not row or row[0] is None:
-        return None
-    return max(0.0, float(row[0]))
-
-
 def dirty_summary(cur: Cursor, *, min_interval_s: float) -> tuple[int, float | None]:
-    """How many jobs are dirty, and :func:`next_dirty_due` (one query)."""
+    """How many jobs are dirty, and seconds until the next coalesced projection is due.
+
+    The seconds are None when nothing is dirty, and never negative.
+    """
     cur.execute(
         "SELECT count(*), extract(epoch FROM min(coalesce(projected_at, now())"
         " + make_interval(secs => %s)) - now()) FROM jobs WHERE version > projected_version",

@@ -1,11 +1,13 @@
-"""Timeouts (return code 10) and the cancel of a timed-out job's pending files.
+"""Timeouts (return code 10) and the cancel of the pending files of a job that ended part way.
 
 The timeout itself is one statement: due jobs move to ``failed`` with code 10,
 a message with the counts, the callback due now, and -- if files are still
 pending -- ``cancel_due_at`` set in the same transaction. The Scout cancel is
 then ordinary delayed work (retried every ``cancel_retry_seconds`` while Scout
 fails), so a crash between the two can neither lose the cancel nor delay the
-callback. A pending path that another unfinished live job holds is left alone.
+callback. Jobs that end part way otherwise (102 after some stage calls were
+accepted, 199 mid-way) get ``cancel_due_at`` the same way and share this cancel.
+A pending path that another unfinished live job holds is left alone.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ async def time_out_due(app: App) -> int:
 
 
 async def cancel_pending(app: App, claim: q.Claim) -> None:
-    """Cancel in Scout the pending paths of a timed-out job that nobody else needs."""
+    """Cancel in Scout the requested, still pending paths of an ended job that nobody else needs."""
     ref = ObjectRef(claim.namespace, claim.name, claim.uid)
     paths = await app.db.run(lambda cur: q.cancel_candidates(cur, claim.job_pk))
     if paths:

@@ -24,6 +24,7 @@ from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from mwa_staging.kube import GROUP, KIND, VERSION
+from mwa_staging.observability import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class EventRecorder:
         self._instance = instance
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
         self.dropped = 0
+        # An API server outage fails every post: one warning per interval, not one per Event.
+        self._rlog = RateLimitedLog(log, 15.0)
 
     def normal(self, ref: ObjectRef, reason: str, message: str) -> None:
         self._put(Event(ref, "Normal", reason, message))
@@ -107,7 +110,8 @@ class EventRecorder:
                 _request_timeout=10,
             )
         except ApiException as exc:
-            log.warning(
+            self._rlog.warning(
+                f"http-{exc.status}",
                 "could not post event %s on %s/%s: HTTP %s",
                 event.reason,
                 event.ref.namespace,
@@ -115,7 +119,9 @@ class EventRecorder:
                 exc.status,
             )
         except Exception as exc:  # network trouble: the hint is lost, nothing else
-            log.warning("could not post event %s: %s", event.reason, type(exc).__name__)
+            self._rlog.warning(
+                "error", "could not post event %s: %s", event.reason, type(exc).__name__
+            )
 
     async def run(self) -> None:
         """Post queued Events until cancelled."""

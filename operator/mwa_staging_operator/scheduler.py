@@ -30,6 +30,7 @@ from typing import Any
 
 from mwa_staging.db import jobs_queries as q
 from mwa_staging.db.rows import JobRow
+from mwa_staging.observability import RateLimitedLog
 from mwa_staging.projection import project_dirty
 from mwa_staging_operator import callbacks, deadline, delete, metrics, restage
 from mwa_staging_operator.context import App
@@ -133,6 +134,8 @@ class Scheduler:
         self.cancels = Lane("cancel", 4, app.wake)
         self.deletions = Lane("ttl-delete", 4, app.wake)
         self._counts_at = 0.0
+        # A database or API server outage fails every pass: warn once a minute, not every 5 s.
+        self._rlog = RateLimitedLog(log, 60.0)
 
     def forget_callback(self, job_pk: int) -> None:
         """The job is being deleted: stop an attempt in flight (no callback for it)."""
@@ -152,7 +155,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("scheduler pass failed (%s); retrying soon", exc)
+                self._rlog.warning("pass", "scheduler pass failed (%s); retrying soon", exc)
                 sleep = min(5.0, max_sleep)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=sleep)
@@ -218,7 +221,7 @@ class Scheduler:
                 lambda conn: project_dirty(conn, app.jobs, min_interval_s=interval, limit=100)
             )
         except Exception as exc:
-            log.warning("status sweep failed: %s", type(exc).__name__)
+            self._rlog.warning("sweep", "status sweep failed: %s", type(exc).__name__)
             return False
         return busy
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -36,7 +35,7 @@ from bench.preload import Job, message, preload_jobs, produce, producer, unique_
 from devstack.stack import Stack
 from mwa_staging import kube
 from tests.e2e.target import Target
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -194,12 +193,6 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
         if line.startswith(prefix):
             return float(line.split()[-1])
     return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def healthz(port: int) -> tuple[int, str]:

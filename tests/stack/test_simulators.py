@@ -23,7 +23,6 @@ import json
 import re
 import select
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from devstack.sim.archive import ERROR_TEXT, Archive
 from devstack.sim.banksia import make_app as banksia_app
 from devstack.sim.data_files import expected_paths
 from devstack.sim.publisher import Publisher
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -134,13 +133,6 @@ def running(module: str, args: list[str], log: Path) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
-
-
-def free_port() -> int:
-    """A port nothing listens on (for a broker that is away)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def create_topic(bootstrap: str) -> str:
