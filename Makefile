@@ -9,7 +9,7 @@ VENV_STAMP := $(VENV)/.installed
 STACK_ROOT ?= .stack
 SERVICES ?= operator,kafka-bridge
 APT_PACKAGES := haproxy postgresql-15
-LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack
+LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack bench
 PYTEST_ARGS ?=
 
 # The Go toolchain's usual home, for shells that do not have it on PATH.
