@@ -20,6 +20,16 @@ PLURAL = "stagingjobs"
 KIND = "StagingJob"
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` with every None-valued key removed (what a merge patch's nulls mean)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def api_client(kubeconfig: str | None, *, pool_maxsize: int | None = None) -> ApiClient:
@@ -49,8 +59,26 @@ class StagingJobs:
         self._api = CustomObjectsApi(client)
         self._timeout = timeout_seconds
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
-        """Merge-patch the object's status; False when the object no longer exists."""
+    def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, uid: str | None = None
+    ) -> bool:
+        """Write the object's status; False when the object no longer exists.
+
+        With ``uid`` the write is a JSON patch that first tests ``metadata.uid``: a
+        job deleted and created again under the same name is another object, and
+        the old job's projection must not land on it (a merge patch's metadata is
+        ignored on the status subresource, so it cannot guard this). Without
+        ``uid`` it is a merge patch.
+        """
+        if uid is None:
+            body: Any = {"status": status}
+            content_type = MERGE_PATCH
+        else:
+            body = [
+                {"op": "test", "path": "/metadata/uid", "value": uid},
+                {"op": "add", "path": "/status", "value": _without_nulls(status)},
+            ]
+            content_type = JSON_PATCH
         try:
             self._api.patch_namespaced_custom_object_status(
                 GROUP,
@@ -58,13 +86,19 @@ class StagingJobs:
                 namespace,
                 PLURAL,
                 name,
-                {"status": status},
-                _content_type=MERGE_PATCH,
+                body,
+                _content_type=content_type,
                 _request_timeout=self._timeout,
             )
         except ApiException as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 422 and uid is not None:
+                # The uid test failed, or the status was invalid: only the first
+                # means "gone", so look before deciding.
+                current = self.get(namespace, name)
+                if current is None or current.get("metadata", {}).get("uid") != uid:
+                    return False
             raise
         return True
 
