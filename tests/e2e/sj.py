@@ -246,3 +246,15 @@ def namespace(target: Target | Stack, prefix: str) -> Iterator[Jobs]:
             check=False,
         )
         target.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextmanager
+def fast_operator_namespace(stack: Stack, prefix: str) -> Iterator[Jobs]:
+    """A fresh namespace served by the operator with the test-sized settings (FAST_ENV);
+    the stack's own operator is back afterwards."""
+    start_fast_operator(stack)
+    try:
+        with namespace(stack, prefix) as jobs:
+            yield jobs
+    finally:
+        restore_operator(stack)

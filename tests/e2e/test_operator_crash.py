@@ -27,12 +27,8 @@ FILES = OBS_ID % 100_000
 
 @pytest.fixture(scope="module")
 def jobs(stack: Stack) -> Iterator[Jobs]:
-    sj.start_fast_operator(stack)
-    try:
-        with sj.namespace(stack, "op-crash") as the_jobs:
-            yield the_jobs
-    finally:
-        sj.restore_operator(stack)
+    with sj.fast_operator_namespace(stack, "op-crash") as the_jobs:
+        yield the_jobs
 
 
 def test_sigkill_mid_creation_of_a_100000_file_job(jobs: Jobs, stack: Stack) -> None:

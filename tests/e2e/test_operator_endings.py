@@ -28,12 +28,8 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope="module")
 def jobs(stack: Stack) -> Iterator[Jobs]:
-    sj.start_fast_operator(stack)
-    try:
-        with sj.namespace(stack, "op-endings") as the_jobs:
-            yield the_jobs
-    finally:
-        sj.restore_operator(stack)
+    with sj.fast_operator_namespace(stack, "op-endings") as the_jobs:
+        yield the_jobs
 
 
 def control(stack: Stack, path: str, body: object = None, method: str = "POST") -> object:
