@@ -46,7 +46,7 @@ def project_job(conn: Connection, jobs: StagingJobs, job_pk: int) -> Outcome:
                 conn.rollback()
                 return Outcome(gone=True)
             sample = q.failed_sample(cur, job_pk) if row.error_files else []
-            body = status.project(row, sample)
+            body = status.status_for(row, sample)
             exists = jobs.patch_status(row.namespace, row.name, body, uid=row.uid)
             q.mark_projected(cur, job_pk, row.version)
         conn.commit()

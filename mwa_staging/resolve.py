@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from mwa_staging.settings import Settings
-from mwa_staging.status import ReturnCode
+from mwa_staging.vocabulary import ReturnCode
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The StagingJob status model: how a ``jobs`` row is shown on the object.
 
 The database is the source of truth; ``status`` is computed from the row by
-:func:`project` and nothing else, so whichever process writes it (the operator
+:func:`status_for` and nothing else, so whichever process writes it (the operator
 after its own steps, the bridge after file arrivals) writes the same thing for
 the same row. Conditions follow the Kubernetes API conventions and reuse the
 words of the Job API (``Complete``, ``Failed``, ``DeadlineExceeded``).
@@ -18,72 +18,17 @@ Field ownership, by who changes the underlying columns:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
 from typing import Any
 
 from mwa_staging.db.rows import FailedFile, JobRow
-
-
-class Phase(StrEnum):
-    """status.phase."""
-
-    PENDING = "Pending"
-    RESOLVING = "Resolving"
-    STAGING = "Staging"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-
-
-class ReturnCode(IntEnum):
-    """Callback return codes (CONTRACTS.md section 4)."""
-
-    ALL_STAGED = 0
-    SOME_ERRORS = 5
-    TIMED_OUT = 10
-    LOOKUP_FAILED = 100
-    NO_FILES = 101
-    STAGE_FAILED = 102
-    UNEXPECTED = 199
-
-
-class Reason(StrEnum):
-    """CamelCase reasons used in conditions and ``status.reason``."""
-
-    ACCEPTED = "Accepted"
-    RESOLVING = "Resolving"
-    FILES_RESOLVED = "FilesResolved"
-    STAGE_REQUESTED = "StageRequested"
-    ALL_FILES_STAGED = "AllFilesStaged"
-    FINISHED_WITH_ERRORS = "FinishedWithErrors"
-    DEADLINE_EXCEEDED = "DeadlineExceeded"
-    LOOKUP_FAILED = "LookupFailed"
-    NO_FILES = "NoFiles"
-    STAGE_FAILED = "StageRequestFailed"
-    UNEXPECTED_ERROR = "UnexpectedError"
-    DUPLICATE_JOB_ID = "DuplicateJobId"
-    CALLBACK_PENDING = "CallbackPending"
-    CALLBACK_FAILING = "CallbackFailing"
-    CALLBACK_DELIVERED = "CallbackDelivered"
-    CALLBACK_GAVE_UP = "CallbackGaveUp"
-    NO_CALLBACK = "NoCallback"
-
-
-# The reason a failed job records for each creation-failure return code.
-FAILURE_REASONS = {
-    ReturnCode.TIMED_OUT: Reason.DEADLINE_EXCEEDED,
-    ReturnCode.LOOKUP_FAILED: Reason.LOOKUP_FAILED,
-    ReturnCode.NO_FILES: Reason.NO_FILES,
-    ReturnCode.STAGE_FAILED: Reason.STAGE_FAILED,
-    ReturnCode.UNEXPECTED: Reason.UNEXPECTED_ERROR,
-}
-
-_PHASES = {
-    "pending": Phase.PENDING,
-    "resolving": Phase.RESOLVING,
-    "staging": Phase.STAGING,
-    "complete": Phase.COMPLETE,
-    "failed": Phase.FAILED,
-}
+from mwa_staging.vocabulary import (
+    FINISHED_STATES,
+    PHASE_OF_STATE,
+    CallbackState,
+    JobState,
+    Reason,
+    ReturnCode,
+)
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -100,150 +45,123 @@ def timestamp(value: datetime | None) -> str | None:
 
 
 def _condition(
+    job: JobRow,
     type_: str,
+    *,
     status: bool | None,
     reason: str,
-    message: str,
-    since: datetime | None,
-    generation: int,
-    fallback_time: datetime,
+    message: str = "",
+    since: datetime | None = None,
 ) -> dict[str, Any]:
+    """One condition of ``job``; without ``since`` its transition time is the job's creation."""
     return {
         "type": type_,
         "status": "Unknown" if status is None else ("True" if status else "False"),
         "reason": reason,
         "message": message,
-        "lastTransitionTime": timestamp(since or fallback_time),
-        "observedGeneration": generation,
+        "lastTransitionTime": timestamp(since or job.created_at),
+        "observedGeneration": job.generation,
     }
 
 
 def conditions(job: JobRow) -> list[dict[str, Any]]:
     """The five conditions of a job, derived from its row."""
-    failed = job.state == "failed"
+    failed = job.state == JobState.FAILED
+    complete = job.state == JobState.COMPLETE
     code = job.return_code
-    created = job.created_at
-    gen = job.generation
+    why = job.reason or ""
+    said = job.message or ""
+    ended = job.completion_time
 
     if job.resolved_at is not None:
         resolved = _condition(
+            job,
             "Resolved",
-            True,
-            Reason.FILES_RESOLVED,
-            f"{job.total_files} files to stage",
-            job.resolved_at,
-            gen,
-            created,
+            status=True,
+            reason=Reason.FILES_RESOLVED,
+            message=f"{job.total_files} files to stage",
+            since=job.resolved_at,
         )
     elif failed and code in (ReturnCode.LOOKUP_FAILED, ReturnCode.NO_FILES):
-        resolved = _condition(
-            "Resolved",
-            False,
-            job.reason or "",
-            job.message or "",
-            job.completion_time,
-            gen,
-            created,
-        )
+        resolved = _condition(job, "Resolved", status=False, reason=why, message=said, since=ended)
     else:
-        resolved = _condition("Resolved", None, Reason.RESOLVING, "", None, gen, created)
+        resolved = _condition(job, "Resolved", status=None, reason=Reason.RESOLVING)
 
     if job.stage_requested_at is not None:
         staged = _condition(
+            job,
             "StageRequested",
-            True,
-            Reason.STAGE_REQUESTED,
-            f"asked the archive to stage {job.total_files} files",
-            job.stage_requested_at,
-            gen,
-            created,
+            status=True,
+            reason=Reason.STAGE_REQUESTED,
+            message=f"asked the archive to stage {job.total_files} files",
+            since=job.stage_requested_at,
         )
     elif failed:
         staged = _condition(
-            "StageRequested",
-            False,
-            job.reason or "",
-            job.message or "",
-            job.completion_time,
-            gen,
-            created,
+            job, "StageRequested", status=False, reason=why, message=said, since=ended
         )
     else:
-        staged = _condition("StageRequested", None, Reason.ACCEPTED, "", None, gen, created)
+        staged = _condition(job, "StageRequested", status=None, reason=Reason.ACCEPTED)
 
-    complete = job.state == "complete"
-    complete_reason = (
-        Reason.ALL_FILES_STAGED if job.error_files == 0 else Reason.FINISHED_WITH_ERRORS
-    )
-    complete_cond = _condition(
-        "Complete",
-        complete,
-        complete_reason if complete else "InProgress",
-        (job.message or "") if complete else "",
-        job.completion_time,
-        gen,
-        created,
-    )
-    failed_cond = _condition(
-        "Failed",
-        failed,
-        (job.reason or "") if failed else "NotFailed",
-        (job.message or "") if failed else "",
-        job.completion_time,
-        gen,
-        created,
-    )
+    if complete:
+        complete_reason = (
+            Reason.ALL_FILES_STAGED if job.error_files == 0 else Reason.FINISHED_WITH_ERRORS
+        )
+        complete_cond = _condition(
+            job, "Complete", status=True, reason=complete_reason, message=said, since=ended
+        )
+    else:
+        complete_cond = _condition(
+            job, "Complete", status=False, reason=Reason.IN_PROGRESS, since=ended
+        )
+    if failed:
+        failed_cond = _condition(job, "Failed", status=True, reason=why, message=said, since=ended)
+    else:
+        failed_cond = _condition(job, "Failed", status=False, reason=Reason.NOT_FAILED, since=ended)
     return [resolved, staged, complete_cond, failed_cond, callback_condition(job)]
 
 
 def callback_condition(job: JobRow) -> dict[str, Any]:
     """CallbackDelivered: True once the client accepted it."""
     state = job.callback_state
-    if state == "delivered":
+    attempts = job.callback_attempts
+    last_error = job.callback_last_error or ""
+    if state == CallbackState.DELIVERED:
         return _condition(
+            job,
             "CallbackDelivered",
-            True,
-            Reason.CALLBACK_DELIVERED,
-            f"delivered after {job.callback_attempts} attempt(s)",
-            job.callback_delivered_at,
-            job.generation,
-            job.created_at,
+            status=True,
+            reason=Reason.CALLBACK_DELIVERED,
+            message=f"delivered after {attempts} attempt(s)",
+            since=job.callback_delivered_at,
         )
-    if state == "gave_up":
+    if state == CallbackState.GAVE_UP:
         return _condition(
+            job,
             "CallbackDelivered",
-            False,
-            Reason.CALLBACK_GAVE_UP,
-            f"gave up after {job.callback_attempts} attempts: {job.callback_last_error or ''}",
-            job.callback_last_attempt,
-            job.generation,
-            job.created_at,
+            status=False,
+            reason=Reason.CALLBACK_GAVE_UP,
+            message=f"gave up after {attempts} attempts: {last_error}",
+            since=job.callback_last_attempt,
         )
-    if state == "pending" and job.callback_attempts > 0:
+    if state == CallbackState.PENDING:
+        if attempts > 0:
+            reason, message = Reason.CALLBACK_FAILING, f"attempt {attempts} failed: {last_error}"
+        else:
+            reason, message = Reason.CALLBACK_PENDING, ""
         return _condition(
+            job,
             "CallbackDelivered",
-            False,
-            Reason.CALLBACK_FAILING,
-            f"attempt {job.callback_attempts} failed: {job.callback_last_error or ''}",
-            job.completion_time,
-            job.generation,
-            job.created_at,
+            status=False,
+            reason=reason,
+            message=message,
+            since=job.completion_time,
         )
-    if state == "pending":
-        return _condition(
-            "CallbackDelivered",
-            False,
-            Reason.CALLBACK_PENDING,
-            "",
-            job.completion_time,
-            job.generation,
-            job.created_at,
-        )
-    reason = Reason.NO_CALLBACK if job.state in ("complete", "failed") else "JobRunning"
-    return _condition("CallbackDelivered", False, reason, "", None, job.generation, job.created_at)
+    reason = Reason.NO_CALLBACK if job.state in FINISHED_STATES else Reason.JOB_RUNNING
+    return _condition(job, "CallbackDelivered", status=False, reason=reason)
 
 
-def project(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
+def status_for(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
     """The whole ``status`` of a StagingJob for this row (a merge-patch body's value)."""
     callback: dict[str, Any] = {
         "attempts": job.callback_attempts,
@@ -251,11 +169,13 @@ def project(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
         "lastError": job.callback_last_error or "",
         "deliveredTime": timestamp(job.callback_delivered_at),
         "nextAttemptTime": (
-            timestamp(job.callback_next_attempt) if job.callback_state == "pending" else None
+            timestamp(job.callback_next_attempt)
+            if job.callback_state == CallbackState.PENDING
+            else None
         ),
     }
     return {
-        "phase": _PHASES[job.state].value,
+        "phase": PHASE_OF_STATE[JobState(job.state)].value,
         "progress": f"{job.ready_files}/{job.total_files}",
         "totalFiles": job.total_files,
         "readyFiles": job.ready_files,

@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from mwa_staging.callback import Delivery, after_failure, payload_for, send
 from mwa_staging.db import jobs_queries as q
 from mwa_staging.db.rows import JobRow
-from mwa_staging.status import Reason
+from mwa_staging.vocabulary import Reason
 from mwa_staging_operator import metrics
 from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef

@@ -54,7 +54,7 @@ from mwa_staging.db.rows import JobRow
 from mwa_staging.resolve import ResolveError, resolve_observation
 from mwa_staging.scout import ScoutError
 from mwa_staging.settings import Settings
-from mwa_staging.status import FAILURE_REASONS, Reason, ReturnCode
+from mwa_staging.vocabulary import FAILURE_REASONS, Reason, ReturnCode
 from mwa_staging_operator import metrics
 from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef

@@ -16,7 +16,7 @@ import logging
 
 from mwa_staging.db import jobs_queries as q
 from mwa_staging.scout import ScoutError
-from mwa_staging.status import Reason
+from mwa_staging.vocabulary import Reason
 from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
 

@@ -16,7 +16,7 @@ from mwa_staging.resolve import (
     resolve_observation,
 )
 from mwa_staging.settings import Settings
-from mwa_staging.status import ReturnCode
+from mwa_staging.vocabulary import ReturnCode
 
 
 @pytest.mark.parametrize(

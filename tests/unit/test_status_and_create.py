@@ -31,7 +31,7 @@ def test_staging_row() -> None:
         ready_files=1,
         error_files=0,
     )
-    body = status.project(row, [])
+    body = status.status_for(row, [])
     assert body["phase"] == "Staging" and body["progress"] == "1/3"
     conds = conditions(row)
     assert conds["Resolved"]["status"] == "True"
@@ -42,7 +42,7 @@ def test_staging_row() -> None:
 
 def test_complete_with_errors_and_failing_callback() -> None:
     row = job_row(callback_attempts=2, callback_last_error="HTTP 500", callback_next_attempt=T1)
-    body = status.project(row, [FailedFile("p", "no valid copies")])
+    body = status.status_for(row, [FailedFile("p", "no valid copies")])
     assert body["phase"] == "Complete" and body["returnCode"] == 5
     assert body["failedFiles"] == [{"path": "p", "error": "no valid copies"}]
     assert body["callback"]["attempts"] == 2 and body["callback"]["lastError"] == "HTTP 500"
