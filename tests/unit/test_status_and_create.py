@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from mwa_staging_operator.create import new_job, unique_paths
 
 from mwa_staging import status
-from mwa_staging.db.jobs_queries import completion_message
 from mwa_staging.db.rows import FailedFile
 from mwa_staging.settings import Settings
 from tests.unit.test_callback import job_row
@@ -81,11 +80,6 @@ def test_delivered_and_duplicate() -> None:
     conds = conditions(dup)
     assert conds["Failed"]["reason"] == "DuplicateJobId"
     assert conds["CallbackDelivered"]["reason"] == "NoCallback"
-
-
-def test_completion_message_matches_the_bridge() -> None:
-    assert completion_message(3, 3, 0) == "3 of 3 files staged"
-    assert completion_message(3, 2, 1) == "2 staged, 1 failed"
 
 
 def test_new_job_defaults_and_overrides() -> None:
