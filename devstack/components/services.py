@@ -16,7 +16,7 @@ from devstack.components.base import Component, python
 from devstack.components.sims import module_exists
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 
 class Service(Component):
