@@ -17,6 +17,7 @@ Field ownership, by who changes the underlying columns:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,22 +45,25 @@ def timestamp(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(
-    job: JobRow,
-    type_: str,
-    *,
-    status: bool | None,
-    reason: str,
-    message: str = "",
-    since: datetime | None = None,
-) -> dict[str, Any]:
-    """One condition of ``job``; without ``since`` its transition time is the job's creation."""
+@dataclass(frozen=True)
+class _Shown:
+    """What one condition says; its transition time defaults to the job's creation."""
+
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str = ""
+    since: datetime | None = None
+
+
+def _condition(job: JobRow, type_: str, shown: _Shown) -> dict[str, Any]:
+    """One condition of ``job`` in the Kubernetes API's form."""
+    status = shown.status
     return {
         "type": type_,
         "status": "Unknown" if status is None else ("True" if status else "False"),
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": timestamp(since or job.created_at),
+        "reason": shown.reason,
+        "message": shown.message,
+        "lastTransitionTime": timestamp(shown.since or job.created_at),
         "observedGeneration": job.generation,
     }
 
@@ -68,57 +72,42 @@ def conditions(job: JobRow) -> list[dict[str, Any]]:
     """The five conditions of a job, derived from its row."""
     failed = job.state == JobState.FAILED
     complete = job.state == JobState.COMPLETE
-    code = job.return_code
-    why = job.reason or ""
-    said = job.message or ""
-    ended = job.completion_time
+    # How the job ended, for the conditions its end decides.
+    ending = _Shown(False, job.reason or "", job.message or "", since=job.completion_time)
 
     if job.resolved_at is not None:
-        resolved = _condition(
-            job,
-            "Resolved",
-            status=True,
-            reason=Reason.FILES_RESOLVED,
-            message=f"{job.total_files} files to stage",
-            since=job.resolved_at,
-        )
-    elif failed and code in (ReturnCode.LOOKUP_FAILED, ReturnCode.NO_FILES):
-        resolved = _condition(job, "Resolved", status=False, reason=why, message=said, since=ended)
+        files = f"{job.total_files} files to stage"
+        resolved = _Shown(True, Reason.FILES_RESOLVED, files, since=job.resolved_at)
+    elif failed and job.return_code in (ReturnCode.LOOKUP_FAILED, ReturnCode.NO_FILES):
+        resolved = ending
     else:
-        resolved = _condition(job, "Resolved", status=None, reason=Reason.RESOLVING)
+        resolved = _Shown(None, Reason.RESOLVING)
 
     if job.stage_requested_at is not None:
-        staged = _condition(
-            job,
-            "StageRequested",
-            status=True,
-            reason=Reason.STAGE_REQUESTED,
-            message=f"asked the archive to stage {job.total_files} files",
-            since=job.stage_requested_at,
-        )
+        asked = f"asked the archive to stage {job.total_files} files"
+        staged = _Shown(True, Reason.STAGE_REQUESTED, asked, since=job.stage_requested_at)
     elif failed:
-        staged = _condition(
-            job, "StageRequested", status=False, reason=why, message=said, since=ended
-        )
+        staged = ending
     else:
-        staged = _condition(job, "StageRequested", status=None, reason=Reason.ACCEPTED)
+        staged = _Shown(None, Reason.ACCEPTED)
 
     if complete:
-        complete_reason = (
-            Reason.ALL_FILES_STAGED if job.error_files == 0 else Reason.FINISHED_WITH_ERRORS
-        )
-        complete_cond = _condition(
-            job, "Complete", status=True, reason=complete_reason, message=said, since=ended
-        )
+        all_staged = job.error_files == 0
+        why = Reason.ALL_FILES_STAGED if all_staged else Reason.FINISHED_WITH_ERRORS
+        completed = replace(ending, status=True, reason=why)
     else:
-        complete_cond = _condition(
-            job, "Complete", status=False, reason=Reason.IN_PROGRESS, since=ended
-        )
+        completed = _Shown(False, Reason.IN_PROGRESS, since=job.completion_time)
     if failed:
-        failed_cond = _condition(job, "Failed", status=True, reason=why, message=said, since=ended)
+        failure = replace(ending, status=True)
     else:
-        failed_cond = _condition(job, "Failed", status=False, reason=Reason.NOT_FAILED, since=ended)
-    return [resolved, staged, complete_cond, failed_cond, callback_condition(job)]
+        failure = _Shown(False, Reason.NOT_FAILED, since=job.completion_time)
+    return [
+        _condition(job, "Resolved", resolved),
+        _condition(job, "StageRequested", staged),
+        _condition(job, "Complete", completed),
+        _condition(job, "Failed", failure),
+        callback_condition(job),
+    ]
 
 
 def callback_condition(job: JobRow) -> dict[str, Any]:
@@ -127,38 +116,21 @@ def callback_condition(job: JobRow) -> dict[str, Any]:
     attempts = job.callback_attempts
     last_error = job.callback_last_error or ""
     if state == CallbackState.DELIVERED:
-        return _condition(
-            job,
-            "CallbackDelivered",
-            status=True,
-            reason=Reason.CALLBACK_DELIVERED,
-            message=f"delivered after {attempts} attempt(s)",
-            since=job.callback_delivered_at,
-        )
-    if state == CallbackState.GAVE_UP:
-        return _condition(
-            job,
-            "CallbackDelivered",
-            status=False,
-            reason=Reason.CALLBACK_GAVE_UP,
-            message=f"gave up after {attempts} attempts: {last_error}",
-            since=job.callback_last_attempt,
-        )
-    if state == CallbackState.PENDING:
-        if attempts > 0:
-            reason, message = Reason.CALLBACK_FAILING, f"attempt {attempts} failed: {last_error}"
-        else:
-            reason, message = Reason.CALLBACK_PENDING, ""
-        return _condition(
-            job,
-            "CallbackDelivered",
-            status=False,
-            reason=reason,
-            message=message,
-            since=job.completion_time,
-        )
-    reason = Reason.NO_CALLBACK if job.state in FINISHED_STATES else Reason.JOB_RUNNING
-    return _condition(job, "CallbackDelivered", status=False, reason=reason)
+        done = f"delivered after {attempts} attempt(s)"
+        shown = _Shown(True, Reason.CALLBACK_DELIVERED, done, since=job.callback_delivered_at)
+    elif state == CallbackState.GAVE_UP:
+        why = f"gave up after {attempts} attempts: {last_error}"
+        shown = _Shown(False, Reason.CALLBACK_GAVE_UP, why, since=job.callback_last_attempt)
+    elif state == CallbackState.PENDING and attempts > 0:
+        why = f"attempt {attempts} failed: {last_error}"
+        shown = _Shown(False, Reason.CALLBACK_FAILING, why, since=job.completion_time)
+    elif state == CallbackState.PENDING:
+        shown = _Shown(False, Reason.CALLBACK_PENDING, since=job.completion_time)
+    elif job.state in FINISHED_STATES:
+        shown = _Shown(False, Reason.NO_CALLBACK)
+    else:
+        shown = _Shown(False, Reason.JOB_RUNNING)
+    return _condition(job, "CallbackDelivered", shown)
 
 
 def status_for(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:

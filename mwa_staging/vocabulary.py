@@ -63,14 +63,8 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
-#: The phase shown for each state.
-PHASE_OF_STATE = {
-    JobState.PENDING: Phase.PENDING,
-    JobState.RESOLVING: Phase.RESOLVING,
-    JobState.STAGING: Phase.STAGING,
-    JobState.COMPLETE: Phase.COMPLETE,
-    JobState.FAILED: Phase.FAILED,
-}
+#: The phase shown for each state (the same member names).
+PHASE_OF_STATE = {state: Phase[state.name] for state in JobState}
 
 
 class ReturnCode(IntEnum):

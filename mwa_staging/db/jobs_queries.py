@@ -179,13 +179,22 @@ def mark_stage_requested(cur: Cursor, job_pk: int) -> None:
     )
 
 
-def pending_paths(cur: Cursor, job_pk: int) -> list[str]:
-    """Paths of the job still without news (neither ready nor failed)."""
+def _pending_paths(cur: Cursor, job_pk: int, condition: str = "", order: str = "") -> list[str]:
+    """Paths of the job's pending files; ``condition`` and ``order`` are SQL on ``f``/``j``.
+
+    ``f`` is the file row (``job_files``), ``j`` its job's row.
+    """
     cur.execute(
-        "SELECT path FROM job_files WHERE job = %(id)s AND state = %(file_pending)s",
+        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
+        f" WHERE f.job = %(id)s AND f.state = %(file_pending)s {condition} {order}",
         params(id=job_pk),
     )
     return [row[0] for row in cur.fetchall()]
+
+
+def pending_paths(cur: Cursor, job_pk: int) -> list[str]:
+    """Paths of the job still without news (neither ready nor failed)."""
+    return _pending_paths(cur, job_pk)
 
 
 def unrequested_paths(cur: Cursor, job_pk: int) -> list[str]:
@@ -194,14 +203,12 @@ def unrequested_paths(cur: Cursor, job_pk: int) -> list[str]:
     What a resumed create handler still has to stage: Scout accepted every
     path up to ``stage_cursor`` before the restart.
     """
-    cur.execute(
-        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
-        " WHERE f.job = %(id)s AND f.state = %(file_pending)s"
-        ' AND (j.stage_cursor IS NULL OR f.path COLLATE "C" > j.stage_cursor COLLATE "C")'
-        ' ORDER BY f.path COLLATE "C"',
-        params(id=job_pk),
+    return _pending_paths(
+        cur,
+        job_pk,
+        'AND (j.stage_cursor IS NULL OR f.path COLLATE "C" > j.stage_cursor COLLATE "C")',
+        'ORDER BY f.path COLLATE "C"',
     )
-    return [row[0] for row in cur.fetchall()]
 
 
 def record_stage_progress(cur: Cursor, job_pk: int, last_path: str) -> str | None:
@@ -414,17 +421,15 @@ def cancel_candidates(cur: Cursor, job_pk: int) -> list[str]:
     stage cursor (a job that ended part way through its stage calls). Only
     these are safe to cancel: the other jobs' requests must stand.
     """
-    cur.execute(
-        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
-        " WHERE f.job = %(id)s AND f.state = %(file_pending)s"
-        " AND (j.stage_requested_at IS NOT NULL"
+    return _pending_paths(
+        cur,
+        job_pk,
+        "AND (j.stage_requested_at IS NOT NULL"
         '   OR f.path COLLATE "C" <= j.stage_cursor COLLATE "C")'
         " AND NOT EXISTS (SELECT 1 FROM job_files g JOIN jobs o ON o.id = g.job"
         "   WHERE g.path = f.path AND g.job <> f.job AND o.live"
         "   AND o.state IN %(unfinished)s)",
-        params(id=job_pk),
     )
-    return [row[0] for row in cur.fetchall()]
 
 
 def claim_ttl_deletes(cur: Cursor, limit: int, lease_s: float) -> list[Claim]:

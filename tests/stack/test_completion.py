@@ -76,34 +76,28 @@ def _ending(cur: Cursor, job_pk: int) -> tuple[object, ...]:
     return (row.state, row.return_code, row.reason, row.message, row.callback_state)
 
 
-def test_completion_message_matches_the_bridge(conn: Connection) -> None:
+@pytest.mark.parametrize(
+    ("failed", "ending"),
+    [
+        (0, (JobState.COMPLETE, 0, "AllFilesStaged", "3 of 3 files staged")),
+        (1, (JobState.COMPLETE, 5, "FinishedWithErrors", "2 staged, 1 failed")),
+    ],
+    ids=["all-staged", "one-failed"],
+)
+def test_completion_message_matches_the_bridge(
+    conn: Connection, failed: int, ending: tuple[object, ...]
+) -> None:
     with conn.cursor() as cur:
         arrivals.prepare_session(cur)
-        # All staged: by the bridge, and by the restage pass.
+        # The bridge records every file, the last ones completing the job.
         by_bridge, paths = _staging_job(cur, 3)
-        assert _arrive(cur, paths, []).completed == [by_bridge]
+        staged, errors = paths[: 3 - failed], paths[3 - failed :]
+        assert _arrive(cur, staged, errors).completed == [by_bridge]
+        # The bridge records the failures; the restage pass finds the rest on disk.
         by_restage, paths = _staging_job(cur, 3)
-        assert jobs_queries.mark_files_ready(cur, by_restage, paths) == (3, True)
-        assert _ending(cur, by_bridge) == _ending(cur, by_restage)
-        assert _ending(cur, by_bridge) == (
-            JobState.COMPLETE,
-            0,
-            "AllFilesStaged",
-            "3 of 3 files staged",
-            CallbackState.PENDING,
-        )
+        staged, errors = paths[: 3 - failed], paths[3 - failed :]
+        assert _arrive(cur, [], errors).completed == []
+        assert jobs_queries.mark_files_ready(cur, by_restage, staged) == (3 - failed, True)
 
-        # One failed: the bridge records it; the last files come by either path.
-        by_bridge, paths = _staging_job(cur, 3)
-        assert _arrive(cur, paths[:2], paths[2:]).completed == [by_bridge]
-        by_restage, paths = _staging_job(cur, 3)
-        assert _arrive(cur, [], paths[2:]).completed == []
-        assert jobs_queries.mark_files_ready(cur, by_restage, paths[:2]) == (2, True)
-        assert _ending(cur, by_bridge) == _ending(cur, by_restage)
-        assert _ending(cur, by_bridge) == (
-            JobState.COMPLETE,
-            5,
-            "FinishedWithErrors",
-            "2 staged, 1 failed",
-            CallbackState.PENDING,
-        )
+        assert _ending(cur, by_bridge) == (*ending, CallbackState.PENDING)
+        assert _ending(cur, by_restage) == _ending(cur, by_bridge)

@@ -185,19 +185,15 @@ def body(files: list[str], url: str = "https://client.test/cb") -> dict[str, Any
 
 
 def resolving() -> JobRow:
+    """A job just recorded: nothing of its later life set yet."""
+    unset = ("return_code", "reason", "message", "resolved_at", "stage_requested_at")
+    counts = {"total_files": 0, "ready_files": 0, "error_files": 0, "callback_attempts": 0}
     return job_row(
         state=JobState.RESOLVING,
-        return_code=None,
-        reason=None,
-        message=None,
-        total_files=0,
-        ready_files=0,
-        error_files=0,
-        resolved_at=None,
-        stage_requested_at=None,
-        completion_time=None,
         callback_state="none",
-        callback_attempts=0,
+        completion_time=None,
+        **dict.fromkeys(unset),
+        **counts,
     )
 
 
