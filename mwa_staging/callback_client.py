@@ -1,4 +1,4 @@
-"""The callback to the client (CONTRACTS.md section 4): payload, one delivery attempt, backoff.
+"""The callback to the client (docs/contracts.md, Callback): payload, one delivery attempt, backoff.
 
 Only the mechanics of one attempt live here; when to attempt, how often and
 what to record is the operator's scheduler. Rules from the contract:

@@ -1,6 +1,6 @@
 """From an observation to the archive paths to stage: the MWA data_files service.
 
-CONTRACTS.md section 3. The rules live here, as pure functions unit tests can
+docs/contracts.md, "data_files lookup". The rules live here, as pure functions unit tests can
 check one by one:
 
 * query parameters: ``obs_id``, ``location=3`` (Banksia), ``terse=True``,

@@ -1,4 +1,4 @@
-"""Async client of the Scout REST API of Banksia (CONTRACTS.md section 1), through HAProxy.
+"""Async client of the Scout REST API of Banksia (docs/contracts.md, Scout API), through HAProxy.
 
 Why it looks the way it does:
 
@@ -71,7 +71,7 @@ class FileStatus:
 
     @property
     def on_disk(self) -> bool:
-        """A file is on disk when no block is offline (CONTRACTS.md section 1)."""
+        """A file is on disk when no block is offline (docs/contracts.md, Scout API)."""
         return self.offline_blocks == 0
 
 

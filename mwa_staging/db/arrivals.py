@@ -5,7 +5,10 @@ statement works on whole columns of the batch (``unnest`` of arrays), never one
 statement per message, and the whole is idempotent: a file that is already
 ready stays ready, an error only lands on a file still pending, and the
 partition offsets stored with the batch make a redelivered batch a no-op even
-for the counters that are not naturally idempotent.
+for the counters that are not naturally idempotent. A job whose last file
+arrives is completed in the same transaction, by the rule the restage path
+uses too (:mod:`mwa_staging.db.completion`). The batch's columns are the
+database layer's own types (:mod:`mwa_staging.db.rows`).
 
 Lock order (deadlocks are retried by the caller, but are avoided by design):
 ``bridge_offsets`` rows by partition, then ``jobs`` rows by id, then
@@ -74,8 +77,8 @@ _LOAD_ARRAYS = _LOAD_TEMPLATE.format(
 
 # Only jobs in `staging` take arrivals: the operator moves a job there in the
 # transaction that records its files, so `staging` means every file is known.
-# A job without failed files has no file in state 2, which is what lets the
-# common case below skip reading old states.
+# A job without failed files has no file in the error state, which is what lets
+# the common case below skip reading old states.
 _LOCK_JOBS = """
 SELECT id, error_files > 0 FROM jobs
 WHERE id IN (SELECT job FROM bridge_pairs WHERE job IS NOT NULL) AND state = %(staging)s

@@ -1,9 +1,10 @@
 """Opening PostgreSQL connections.
 
 psycopg2 is synchronous; the operator calls it from its database thread pool
-(``mwa_staging_operator.db``) and the bridge from its recorder and projector
-threads. Connections are opened with keepalives and a connect timeout so that a
-database restart is noticed and a reconnect can follow instead of a hang.
+(``mwa_staging_operator.db_pool``) and the bridge from its recorder and
+projector threads (each keeps one :class:`KeptConnection`). Connections are
+opened with keepalives and a connect timeout so that a database restart is
+noticed and a reconnect can follow instead of a hang.
 
 The connection string holds the password, and libpq quotes the string back in
 some errors (``invalid dsn: missing "=" after "postgresql//user:secret@..."``

@@ -1,4 +1,4 @@
-"""Path rules and query parameters of the data_files lookup (CONTRACTS.md section 3)."""
+"""Path rules and query parameters of the data_files lookup (docs/contracts.md)."""
 
 from __future__ import annotations
 
