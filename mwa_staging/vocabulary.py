@@ -103,6 +103,13 @@ class Reason(StrEnum):
     IN_PROGRESS = "InProgress"
     NOT_FAILED = "NotFailed"
     JOB_RUNNING = "JobRunning"
+    # Events only.
+    COMPLETE = "Complete"
+    CALLBACK_FAILED = "CallbackFailed"
+    RESTAGED = "Restaged"
+    RESTAGE_FAILED = "RestageFailed"
+    CANCELLED = "Cancelled"
+    CANCEL_FAILED = "CancelFailed"
 
 
 #: The reason a failed job records for each failure return code.

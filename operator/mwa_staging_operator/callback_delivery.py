@@ -85,7 +85,7 @@ async def attempt(app: Services, job: JobRow) -> None:
     number = job.callback_attempts
     if number == 1 and job.state == JobState.COMPLETE:
         # The bridge ends jobs; the operator hears of it here, first.
-        app.events.normal(ref, "Complete", job.message or "")
+        app.events.normal(ref, Reason.COMPLETE, job.message or "")
     try:
         username, password = await credentials(app, job)
     except CredentialsError as exc:
@@ -140,7 +140,7 @@ async def attempt(app: Services, job: JobRow) -> None:
             when = decision.next_attempt.strftime("%H:%M:%SZ") if decision.next_attempt else "?"
             app.events.warning(
                 ref,
-                "CallbackFailed",
+                Reason.CALLBACK_FAILED,
                 f"callback attempt {number} failed: {delivery.error}; next attempt at {when}",
             )
     await app.update_status(job.id)

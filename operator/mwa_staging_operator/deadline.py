@@ -48,7 +48,8 @@ async def cancel_pending(app: Services, claim: jobs_queries.Claim) -> None:
             await app.scout.cancel(paths, str(claim.job_id), app.settings.kafka_topic)
         except ScoutError as exc:
             log.warning("cancel for job %s failed, will retry: %s", claim.job_id, exc)
-            app.events.warning(ref, "CancelFailed", f"cancelling pending files failed: {exc}")
+            app.events.warning(ref, Reason.CANCEL_FAILED, f"cancelling pending files failed: {exc}")
             return
-        app.events.normal(ref, "Cancelled", f"cancelled staging of {len(paths)} pending file(s)")
+        cancelled = f"cancelled staging of {len(paths)} pending file(s)"
+        app.events.normal(ref, Reason.CANCELLED, cancelled)
     await app.db.run(lambda cur: jobs_queries.clear_cancel(cur, claim.job_pk))

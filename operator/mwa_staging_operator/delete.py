@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.kube import GROUP, PLURAL, VERSION
 from mwa_staging.scout import ScoutError
-from mwa_staging.vocabulary import UNFINISHED_STATES
+from mwa_staging.vocabulary import UNFINISHED_STATES, Reason
 from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.services import Services
 
@@ -51,7 +51,8 @@ async def handle_delete(app: Services, ref: ObjectRef) -> None:
                 log.info("cancelled %d pending path(s) of deleted job %s", len(paths), job.job_id)
             except ScoutError as exc:
                 log.warning("cancel for deleted job %s failed: %s", job.job_id, exc)
-                app.events.warning(ref, "CancelFailed", f"cancelling pending files failed: {exc}")
+                failed = f"cancelling pending files failed: {exc}"
+                app.events.warning(ref, Reason.CANCEL_FAILED, failed)
     await app.db.run(lambda cur: jobs_queries.delete_job(cur, job.id))
 
 

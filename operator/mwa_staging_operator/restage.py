@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.scout import ScoutClient, ScoutError
-from mwa_staging.vocabulary import JobState
+from mwa_staging.vocabulary import JobState, Reason
 from mwa_staging_operator import metrics
 from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.services import Services
@@ -70,7 +70,7 @@ async def restage(app: Services, claim: jobs_queries.Claim) -> None:
         )
     except ScoutError as exc:
         log.warning("restage pass of job %s stopped: %s", claim.job_id, exc)
-        app.events.warning(ref, "RestageFailed", f"restage pass stopped: {exc}")
+        app.events.warning(ref, Reason.RESTAGE_FAILED, f"restage pass stopped: {exc}")
         return
     marked, completed = await app.db.run(
         lambda cur: jobs_queries.mark_files_ready(cur, claim.job_pk, on_disk)
@@ -84,11 +84,11 @@ async def restage(app: Services, claim: jobs_queries.Claim) -> None:
                 await app.scout.stage(offline, str(claim.job_id), app.settings.kafka_topic)
                 restaged = len(offline)
             except ScoutError as exc:
-                app.events.warning(ref, "RestageFailed", f"staging again failed: {exc}")
+                app.events.warning(ref, Reason.RESTAGE_FAILED, f"staging again failed: {exc}")
     metrics.RESTAGED_FILES.labels("restaged").inc(restaged)
     app.events.normal(
         ref,
-        "Restaged",
+        Reason.RESTAGED,
         f"{marked} file(s) found on disk without a message, {restaged} staged again",
     )
     if marked:
