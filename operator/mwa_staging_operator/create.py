@@ -55,7 +55,7 @@ from mwa_staging.resolve import ResolveError, resolve_observation
 from mwa_staging.scout import ScoutError
 from mwa_staging.settings import Settings
 from mwa_staging.status import FAILURE_REASONS, Reason, ReturnCode
-from mwa_staging_operator import metrics
+from mwa_staging_operator import filelists, metrics
 from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
 
@@ -187,7 +187,7 @@ async def _advance(
             await app.project(job.id)  # show Resolving while the lookup runs
         started = time.monotonic()
         try:
-            paths = await asyncio.wait_for(_resolve(app, spec), _until_deadline(job))
+            paths = await asyncio.wait_for(_resolve(app, job, spec), _until_deadline(job))
         except ResolveError as exc:
             await _fail(app, job, ref, exc.code, exc.message)
             return
@@ -293,7 +293,9 @@ def _ids(job: JobRow, ref: ObjectRef) -> tuple[int, str, str]:
     return job.job_id, ref.namespace, ref.name
 
 
-async def _resolve(app: App, spec: Mapping[str, Any]) -> list[str]:
+async def _resolve(app: App, job: JobRow, spec: Mapping[str, Any]) -> list[str]:
+    if spec.get("filesFrom"):
+        return await filelists.load(app, job.namespace, spec["filesFrom"], job.created_at)
     files = spec.get("files")
     if files is not None:
         paths = unique_paths([str(f) for f in files])

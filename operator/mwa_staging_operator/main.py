@@ -41,6 +41,7 @@ FINALIZER = f"{PREFIX}/finalizer"
 #: Spec fields left out of kopf's last-handled-configuration (immutable, possibly huge).
 DIFFBASE_IGNORED = [
     "spec.files",
+    "spec.filesFrom",
     "spec.observation",
     "spec.callback",
     "spec.jobId",
