@@ -7,9 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 STACK_ROOT ?= .stack
-SERVICES ?= operator,kafka-bridge
+SERVICES ?= operator,kafka-bridge,gateway
 APT_PACKAGES := haproxy postgresql-15
-LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack bench
+LINT_PATHS := mwa_staging operator/mwa_staging_operator mwa_staging_gateway kafka_bridge devstack bench
 PYTEST_ARGS ?=
 
 # The Go toolchain's usual home, for shells that do not have it on PATH.
