@@ -241,7 +241,7 @@ class Settings(BaseSettings):
         description="ttlSecondsAfterFinished of the StagingJobs the gateway creates (None: keep).",
     )
     gateway_scout_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Retry budget of one Scout call made for an HTTP request."
+        default=5.0, gt=0, description="Retry budget of one Scout call made for an HTTP request."
     )
     gateway_filestatus_concurrency: int = Field(default=16, ge=1)
     fscache_poll_seconds: float = Field(
