@@ -5,8 +5,9 @@ They are read once, by the create handler, before the files are recorded; the
 job never needs them again (the database holds the files from then on). The
 gateway creates them right *after* the StagingJob, so that they can carry an
 owner reference to it (the garbage collector deletes them with the job), so a
-ConfigMap that does not exist yet is waited for, up to
-``filelist_wait_seconds`` after the job's creation, before the job fails.
+ConfigMap that does not exist yet (or is not labelled as a file list yet) is
+waited for, up to ``filelist_wait_seconds`` after the job's creation, before
+the job fails.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from mwa_staging.filelists import FileListError, read_all
+from mwa_staging.filelists import LABEL, FileListError, read_all
 from mwa_staging.resolve import ResolveError
 from mwa_staging.status import ReturnCode
 from mwa_staging_operator.context import App
@@ -61,24 +62,35 @@ async def load(
 
 
 async def _get(app: App, namespace: str, name: str, waited_since: float) -> dict[str, Any]:
+    """The ConfigMap as a dict; waited for while missing or unlabelled, until the deadline.
+
+    Past the deadline an unlabelled one is returned (and refused by the reader,
+    with the reason), a missing one fails the job.
+    """
     deadline = waited_since + app.settings.filelist_wait_seconds
     while True:
         try:
             cm = await app.kube(
                 app.core.read_namespaced_config_map, name, namespace, _request_timeout=30
             )
-            return {
-                "metadata": {"name": name, "labels": cm.metadata.labels or {}},
-                "data": cm.data or {},
-                "binaryData": cm.binary_data or {},
-            }
         except ApiException as exc:
             if exc.status != 404:
                 raise ResolveError(
                     ReturnCode.UNEXPECTED,
                     f"spec.filesFrom: reading ConfigMap {name} failed: HTTP {exc.status}",
                 ) from None
-        if time.monotonic() >= deadline:
+            cm = None
+        late = time.monotonic() >= deadline
+        if cm is not None:
+            labels = cm.metadata.labels or {}
+            # Not labelled may mean not labelled *yet* (kubectl create, then kubectl label).
+            if labels.get(LABEL) == "true" or late:
+                return {
+                    "metadata": {"name": name, "labels": labels},
+                    "data": cm.data or {},
+                    "binaryData": cm.binary_data or {},
+                }
+        elif late:
             raise ResolveError(
                 ReturnCode.UNEXPECTED, f"spec.filesFrom: ConfigMap {name} does not exist"
             )
