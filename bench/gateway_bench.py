@@ -71,10 +71,13 @@ class Watcher:
 
     def phase(self, name: str) -> str | None:
         try:
-            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+            obj: Any = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, name
+            )
         except Exception:
             return None
-        return (obj.get("status") or {}).get("phase")
+        phase = (obj.get("status") or {}).get("phase")
+        return None if phase is None else str(phase)
 
     def staging(self, name: str) -> float:
         return self._until(
@@ -139,13 +142,11 @@ def direct_run(stack: Stack, watcher: Watcher, job_id: int, count: int) -> dict[
     payloads = filelists.configmap_payloads(paths_for(job_id, count))
     names = [f"{name}-files-{i}" for i in range(len(payloads))]
     for cm_name, data in zip(names, payloads, strict=True):
-        watcher.core.create_namespaced_config_map(
-            watcher.ns,
-            {
-                "metadata": {"name": cm_name, "labels": {filelists.LABEL: "true"}},
-                "binaryData": data,
-            },
-        )
+        body: Any = {
+            "metadata": {"name": cm_name, "labels": {filelists.LABEL: "true"}},
+            "binaryData": data,
+        }
+        watcher.core.create_namespaced_config_map(watcher.ns, body)
     watcher.custom.create_namespaced_custom_object(
         GROUP,
         VERSION,

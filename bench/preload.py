@@ -46,7 +46,7 @@ def unique_paths(count: int, tag: str | None = None) -> list[str]:
 
 
 def message(path: str, error: str = "", complete_time: str = COMPLETE_TIME) -> bytes:
-    """A Banksia notification (CONTRACTS.md §2) as Kafka value bytes."""
+    """A Banksia notification (docs/contracts.md, Kafka notifications) as Kafka value bytes."""
     return json.dumps(
         {
             "Inode": 45871,

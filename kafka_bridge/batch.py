@@ -1,7 +1,9 @@
 """A consumed batch of Kafka messages in the column form the recorder's SQL takes.
 
 The recorder sends whole columns (``text[]``, ``float8[]``) to PostgreSQL, so the
-batch is built as parallel lists, not as a list of per-message objects. It also
+batch is built as parallel lists (the database layer's
+:class:`~mwa_staging.db.rows.Arrivals` and :class:`~mwa_staging.db.rows.MalformedRows`),
+not as a list of per-message objects. It also
 remembers, per partition, the first and the next offset, which is what offset
 commits and the redelivery filter need.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kafka_bridge.messages import Arrival, parse
-from mwa_staging.db.arrivals import Arrivals, MalformedRows
+from mwa_staging.db.rows import Arrivals, MalformedRows
 
 # Malformed payloads are kept up to this size for inspection.
 PAYLOAD_KEEP_BYTES = 4096
@@ -97,4 +99,32 @@ def build(
             bad.offsets.append(off)
             bad.reasons.append(parsed.reason)
             bad.payloads.append((value or b"")[:PAYLOAD_KEEP_BYTES])
+    return batch
+
+
+def quarantined(
+    messages: Sequence[KafkaMessage],
+    max_bytes: int,
+    reason: str,
+    skip_below: Mapping[int, int] | None = None,
+) -> Batch:
+    """``messages`` as a batch of malformed rows with ``reason`` (same offsets, no arrivals).
+
+    What the recorder stores for messages the database refused (see
+    ``kafka_bridge.recorder``): kept for inspection like any malformed message.
+    """
+    batch = build(messages, max_bytes, skip_below)
+    rows = MalformedRows()
+    for msg in messages:
+        part, off = msg.partition(), msg.offset()
+        if msg.error() is not None or part is None or off is None:
+            continue
+        if skip_below is not None and off < skip_below.get(part, 0):
+            continue
+        rows.partitions.append(part)
+        rows.offsets.append(off)
+        rows.reasons.append(reason)
+        rows.payloads.append((msg.value() or b"")[:PAYLOAD_KEEP_BYTES])
+    batch.arrivals = Arrivals()
+    batch.malformed = rows
     return batch

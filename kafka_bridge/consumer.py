@@ -273,8 +273,8 @@ class BridgeConsumer:
 
     def _count(self, result: Result) -> None:
         batch, rec = result.batch, result.recorded
-        malformed = len(batch.malformed.offsets) + rec.quarantined  # refused: kept as malformed
-        duplicate = batch.valid - rec.applied - rec.unknown - rec.quarantined
+        malformed = len(batch.malformed.offsets) + result.quarantined  # refused: kept as malformed
+        duplicate = batch.valid - rec.applied - rec.unknown - result.quarantined
         m = metrics.MESSAGES
         if rec.applied:
             m.labels("applied").inc(rec.applied)

@@ -1,4 +1,6 @@
-"""One Kafka message from Banksia -> an :class:`Arrival` or a :class:`Malformed` (CONTRACTS.md §2).
+"""One Kafka message from Banksia -> an :class:`Arrival` or a :class:`Malformed`.
+
+The message format is in docs/contracts.md, "Kafka notifications".
 
 The archive is shared with other clients and its messages are not ours to trust:
 anything the bridge cannot use becomes a :class:`Malformed` with a short reason,

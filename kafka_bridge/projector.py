@@ -2,12 +2,13 @@
 
 The consumer thread never talks to the Kubernetes API: it only commits rows
 (bumping ``jobs.version``) and wakes this thread, so an API server outage never
-slows consumption. This thread, with its own database connection, calls
-:func:`mwa_staging.projection.project_dirty`, which patches each job whose row
-is newer than its status, at most once per ``min_interval`` unless the job just
-finished (a completion is shown at once). The dirty mark (``version >
-projected_version``) is cleared only by a successful patch, so after an outage
-the marks are still there and status converges when the API server is back.
+slows consumption. This thread, with its own database connection, reads the
+jobs whose row is newer than their status (``status_queries.dirty_jobs``) and
+writes each with :func:`mwa_staging.projection.write_status`, at most once per
+``min_interval`` unless the job just finished (a completion is shown at once).
+The dirty mark (``version > projected_version``) is cleared only by a
+successful patch, so after an outage the marks are still there and status
+converges when the API server is back.
 
 Completions jump the queue: the consumer passes the ids of the jobs a batch
 completed to :meth:`Projector.wake`, and this thread patches them before
@@ -24,7 +25,6 @@ which on a small machine is CPU the database and the consumer need.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -33,12 +33,12 @@ import psycopg2
 from psycopg2.extensions import connection as Connection
 
 from kafka_bridge import metrics
-from kafka_bridge.recorder import Backoff
 from mwa_staging.db import status_queries
-from mwa_staging.db.connect import connect
+from mwa_staging.db.connect import KeptConnection
 from mwa_staging.kube import StagingJobs
 from mwa_staging.observability import RateLimitedLog
-from mwa_staging.projection import Outcome, project_job
+from mwa_staging.projection import Outcome, write_status
+from mwa_staging.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ PASS_LIMIT = 200
 IDLE_RECHECK_S = 2.0
 # Pause when a pass made no progress because other projectors held the jobs.
 BUSY_PAUSE_S = 0.05
+#: Pauses while the database or the API server fails.
+FAILURE_BACKOFF = Backoff(0.2, 15.0, jitter=0.2)
 
 
 def _outcome_label(outcome: Outcome) -> str:
@@ -70,15 +72,14 @@ class Projector(threading.Thread):
         patch_rate: float | None = None,
     ) -> None:
         super().__init__(name="projector", daemon=True)
-        self._dsn = dsn
         self._jobs = jobs
         self._min_interval = min_interval_s
         self._patch_rate = patch_rate
         self._interval = min_interval_s  # the coalescing interval of this pass
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._conn: Connection | None = None
-        self._backoff = Backoff(0.2, 15.0)
+        self._conn = KeptConnection(dsn, application_name="mwa-kafka-bridge-projector")
+        self._delays = FAILURE_BACKOFF.delays()
         self._rlog = RateLimitedLog(log, 15.0)
         self._busy = 0
         self._lock = threading.Lock()
@@ -102,29 +103,29 @@ class Projector(threading.Thread):
             try:
                 delay = self._pass()
             except psycopg2.Error as exc:
-                self._drop()
+                self._conn.drop()
                 self._rlog.warning("db", "projector: database error, retrying: %s", exc)
             except Exception as exc:  # the API server, network, TLS: keep the marks, retry
                 metrics.PATCHES.labels("error").inc()
                 self._rlog.warning("api", "projector: status patch failed, will retry: %s", exc)
-                self._rollback()
+                self._conn.rollback()
             else:
-                self._backoff.reset()
+                self._delays.reset()
                 self._wake.wait(delay)
                 self._wake.clear()
                 continue
             # Failing: back off, and do not let the consumer's wake-ups shorten it.
-            self._stopping.wait(self._backoff.next())
+            self._stopping.wait(next(self._delays))
             self._wake.clear()
-        self._drop()
+        self._conn.drop()
 
     def _on_outcome(self, outcome: Outcome) -> None:
         metrics.PATCHES.labels(_outcome_label(outcome)).inc()
         if outcome.busy:
             self._busy += 1
 
-    def _project(self, conn: Connection, job_pk: int) -> bool:
-        outcome = project_job(conn, self._jobs, job_pk)
+    def _write(self, conn: Connection, job_pk: int) -> bool:
+        outcome = write_status(conn, self._jobs, job_pk)
         self._on_outcome(outcome)
         return outcome.patched
 
@@ -140,7 +141,7 @@ class Projector(threading.Thread):
                 due = status_queries.still_dirty(cur, urgent)
             conn.commit()
             for job_pk in due:
-                self._project(conn, job_pk)
+                self._write(conn, job_pk)
         except Exception:
             with self._lock:  # not lost: retried first after the backoff
                 self._urgent.update(urgent)
@@ -148,7 +149,7 @@ class Projector(threading.Thread):
 
     def _pass(self) -> float:
         """Project what is due; return how long to sleep before the next pass."""
-        conn = self._connection()
+        conn = self._conn.get()
         dirty_count = self._count_dirty(conn)  # first: the gauge shows marks piling up in an outage
         self._interval = self._min_interval
         if self._patch_rate:
@@ -164,7 +165,7 @@ class Projector(threading.Thread):
             patched = 0
             for job_pk in dirty:
                 self._project_urgent(conn)  # completions do not wait for the round
-                if self._project(conn, job_pk):
+                if self._write(conn, job_pk):
                     patched += 1
             if len(dirty) < PASS_LIMIT or not patched:
                 break
@@ -183,21 +184,3 @@ class Projector(threading.Thread):
         conn.commit()
         metrics.DIRTY_JOBS.set(count)
         return count
-
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, application_name="mwa-kafka-bridge-projector")
-        return self._conn
-
-    def _rollback(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.rollback()
-            except psycopg2.Error:
-                self._drop()
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-        self._conn = None

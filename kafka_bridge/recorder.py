@@ -23,11 +23,9 @@ nothing is discarded.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg2
@@ -35,12 +33,12 @@ import psycopg2.errors
 from psycopg2.extensions import connection as Connection
 
 from kafka_bridge import metrics
-from kafka_bridge.batch import PAYLOAD_KEEP_BYTES, Batch, KafkaMessage, build
+from kafka_bridge.batch import Batch, KafkaMessage, build, quarantined
 from kafka_bridge.health import Health
 from mwa_staging.db import arrivals as sql
-from mwa_staging.db.arrivals import MalformedRows
-from mwa_staging.db.connect import connect
+from mwa_staging.db.connect import KeptConnection, connect
 from mwa_staging.observability import RateLimitedLog
+from mwa_staging.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,9 @@ _RETRY_NOW = (psycopg2.errors.DeadlockDetected, psycopg2.errors.SerializationFai
 _CONNECTION_LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
 #: SQLSTATE classes of errors caused by the data of a batch (see the module's docstring).
 _DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
+#: Pauses between failed batch transactions, and while waiting for the database at start.
+TRANSACTION_BACKOFF = Backoff(0.2, 10.0, jitter=0.2)
+CONNECT_BACKOFF = Backoff(0.5, 10.0, jitter=0.2)
 
 
 def is_data_error(exc: psycopg2.Error) -> bool:
@@ -61,36 +62,11 @@ def refusal_reason(exc: psycopg2.Error) -> str:
     return f"refused by the database: SQLSTATE {exc.pgcode}: {text}"[:500]
 
 
-def quarantined(
-    messages: Sequence[KafkaMessage],
-    max_bytes: int,
-    reason: str,
-    skip_below: Mapping[int, int] | None = None,
-) -> Batch:
-    """``messages`` as a batch of malformed rows with ``reason`` (same offsets, no arrivals)."""
-    batch = build(messages, max_bytes, skip_below)
-    rows = MalformedRows()
-    for msg in messages:
-        part, off = msg.partition(), msg.offset()
-        if msg.error() is not None or part is None or off is None:
-            continue
-        if skip_below is not None and off < skip_below.get(part, 0):
-            continue
-        rows.partitions.append(part)
-        rows.offsets.append(off)
-        rows.reasons.append(reason)
-        rows.payloads.append((msg.value() or b"")[:PAYLOAD_KEEP_BYTES])
-    batch.arrivals = sql.Arrivals()
-    batch.malformed = rows
-    return batch
-
-
 def _merge(total: sql.Recorded, part: sql.Recorded) -> None:
     total.applied += part.applied
     total.unknown += part.unknown
     total.malformed_new += part.malformed_new
     total.jobs_touched += part.jobs_touched
-    total.quarantined += part.quarantined
     total.completed.extend(part.completed)
 
 
@@ -100,22 +76,14 @@ class Result:
 
     batch: Batch
     recorded: sql.Recorded
+    #: Valid messages the database refused, kept as malformed instead (see the module).
+    quarantined: int = 0
 
 
-class Backoff:
-    """Exponential backoff with jitter, reset on success."""
-
-    def __init__(self, initial: float = 0.2, maximum: float = 10.0) -> None:
-        self.initial, self.maximum = initial, maximum
-        self.current = initial
-
-    def next(self) -> float:
-        delay = self.current * random.uniform(0.8, 1.2)
-        self.current = min(self.current * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.initial
+def _prepare(conn: Connection) -> None:
+    with conn.cursor() as cur:
+        sql.prepare_session(cur)
+    conn.commit()
 
 
 class Recorder:
@@ -135,24 +103,9 @@ class Recorder:
         self._max_bytes = max_message_bytes
         self._keep = malformed_keep
         self._health = health
-        self._conn: Connection | None = None
-        self._backoff = Backoff()
+        self._conn = KeptConnection(dsn, application_name="mwa-kafka-bridge", on_open=_prepare)
+        self._delays = TRANSACTION_BACKOFF.delays()
         self._rlog = RateLimitedLog(log)
-
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            conn = connect(self._dsn, application_name="mwa-kafka-bridge")
-            with conn.cursor() as cur:
-                sql.prepare_session(cur)
-            conn.commit()
-            self._conn = conn
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg2.Error):
-                self._conn.close()
-        self._conn = None
 
     def parse(self, messages: Sequence[KafkaMessage]) -> Batch:
         """Parse a consumed batch (done by the consumer thread while the last one records)."""
@@ -161,11 +114,11 @@ class Recorder:
     def record(
         self,
         messages: Sequence[KafkaMessage],
-        first: Batch,
+        parsed: Batch,
         stop: threading.Event,
         on_commit: Callable[[Result], None] | None = None,
     ) -> Result | None:
-        """Record ``first`` (parsed from ``messages``) in one committed transaction.
+        """Record ``parsed`` (:meth:`parse` of ``messages``) in one committed transaction.
 
         Returns only once the transaction committed, after calling ``on_commit``
         (or None if stop was asked while the database was unreachable: then
@@ -174,7 +127,7 @@ class Recorder:
         bisected (see the module's docstring); then "committed" means every
         part committed, and the result covers the whole batch.
         """
-        result = self._record(messages, first, stop, None)
+        result = self._record(messages, parsed, stop, None)
         if result is not None and on_commit is not None:
             on_commit(result)
         return result
@@ -182,41 +135,41 @@ class Recorder:
     def _record(
         self,
         messages: Sequence[KafkaMessage],
-        first: Batch,
+        batch: Batch,
         stop: threading.Event,
         refusal: str | None,
     ) -> Result | None:
-        """Commit ``first`` (or, with ``refusal``, keep its messages as malformed), retrying."""
+        """Commit ``batch`` (or, with ``refusal``, keep its messages as malformed), retrying."""
         while True:
             try:
-                result = self._transaction(messages, first, refusal)
+                result = self._transaction(messages, batch, refusal)
             except _RETRY_NOW as exc:
-                self._rollback()
+                self._conn.rollback()
                 metrics.DB_RETRIES.labels("conflict").inc()
                 log.info("batch transaction conflicted (%s); retrying", exc.pgcode)
                 continue
             except _CONNECTION_LOST as exc:
-                self._drop()
+                self._conn.drop()
                 metrics.DB_RETRIES.labels("connection").inc()
                 self._health.db_down(_first_line(str(exc)) or "lost")
                 self._rlog.warning("db", "database unreachable, batch will be retried: %s", exc)
             except psycopg2.Error as exc:
-                self._rollback()
+                self._conn.rollback()
                 if refusal is None and is_data_error(exc):
                     # Messages are validated so that no value can break the SQL;
                     # something still did (a constraint, a trigger, a limit).
                     metrics.DB_RETRIES.labels("refused").inc()
-                    return self._bisect(messages, first, stop, exc)
+                    return self._bisect(messages, batch, stop, exc)
                 # The database's state, not the data: keep the offsets
                 # uncommitted and try again after a pause, visibly.
                 metrics.DB_RETRIES.labels("error").inc()
                 self._health.db_down(f"batch failed: {exc.pgcode} {exc}".strip())
                 self._rlog.error("sqlerr", "batch transaction failed, will retry: %s", exc)
             else:
-                self._backoff.reset()
+                self._delays.reset()
                 self._health.db_up()
                 return result
-            if stop.wait(self._backoff.next()):
+            if stop.wait(next(self._delays)):
                 return None
 
     def _bisect(
@@ -240,7 +193,7 @@ class Recorder:
             batch = quarantined(messages, self._max_bytes, reason)
             result = self._record(messages, batch, stop, reason)
             if result is not None:
-                result.recorded.quarantined = len(batch.malformed.offsets)
+                result.quarantined = len(batch.malformed.offsets)
             return result
         self._rlog.warning(
             "bisect",
@@ -249,29 +202,24 @@ class Recorder:
             refusal_reason(exc),
         )
         total = sql.Recorded()
+        quarantined_total = 0
         middle = len(messages) // 2
         for part in (messages[:middle], messages[middle:]):
             done = self._record(part, build(part, self._max_bytes), stop, None)
             if done is None:
                 return None
             _merge(total, done.recorded)
-        return Result(whole, total)
-
-    def _rollback(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.rollback()
-        except psycopg2.Error:
-            self._drop()
+            quarantined_total += done.quarantined
+        return Result(whole, total, quarantined_total)
 
     def _transaction(
-        self, messages: Sequence[KafkaMessage], first: Batch, refusal: str | None = None
+        self, messages: Sequence[KafkaMessage], parsed: Batch, refusal: str | None = None
     ) -> Result:
-        conn = self._connection()
+        conn = self._conn.get()
         with conn.cursor() as cur:
-            stored = sql.lock_offsets(cur, self._topic, list(first.offsets))
-            batch = first
-            if any(span[0] < stored.get(part, 0) for part, span in first.offsets.items()):
+            stored = sql.lock_offsets(cur, self._topic, list(parsed.offsets))
+            batch = parsed
+            if any(span[0] < stored.get(part, 0) for part, span in parsed.offsets.items()):
                 # Part of this batch was recorded before Kafka's commit was lost.
                 if refusal is None:
                     batch = build(messages, self._max_bytes, skip_below=stored)
@@ -290,7 +238,7 @@ class Recorder:
         if h.last_poll is None:
             return
         try:
-            conn = self._connection()
+            conn = self._conn.get()
             with conn.cursor() as cur:
                 sql.heartbeat(
                     cur,
@@ -304,19 +252,19 @@ class Recorder:
             h.db_up()
         except psycopg2.Error as exc:
             if isinstance(exc, _CONNECTION_LOST):
-                self._drop()
+                self._conn.drop()
             else:
-                self._rollback()
+                self._conn.rollback()
             h.db_down(_first_line(str(exc)) or "error")
             self._rlog.warning("heartbeat", "could not write the heartbeat: %s", exc)
 
     def close(self) -> None:
-        self._drop()
+        self._conn.drop()
 
 
 def wait_for_database(dsn: str, stop: threading.Event, health: Health) -> Connection | None:
     """Connect, retrying with backoff until the database answers (None if stopped)."""
-    backoff = Backoff(0.5, 10.0)
+    delays = CONNECT_BACKOFF.delays()
     rlog = RateLimitedLog(log)
     while not stop.is_set():
         try:
@@ -324,7 +272,7 @@ def wait_for_database(dsn: str, stop: threading.Event, health: Health) -> Connec
         except psycopg2.OperationalError as exc:
             health.db_down(_first_line(str(exc)) or "unreachable")
             rlog.warning("connect", "waiting for the database: %s", exc)
-            stop.wait(backoff.next())
+            stop.wait(next(delays))
             continue
         health.db_up()
         return conn

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from psycopg2.extensions import connection as Connection
 
 from mwa_staging import status
-from mwa_staging.db import status_queries as q
+from mwa_staging.db import status_queries
 from mwa_staging.kube import StagingJobs
 
 log = logging.getLogger(__name__)
@@ -27,28 +27,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What :func:`project_job` did."""
+    """What :func:`write_status` did."""
 
     patched: bool = False
     gone: bool = False  # the StagingJob or its row no longer exists
     busy: bool = False  # another projector holds the job
 
 
-def project_job(conn: Connection, jobs: StagingJobs, job_pk: int) -> Outcome:
-    """Project one job now (one short transaction; raises on API errors other than 404)."""
+def write_status(conn: Connection, jobs: StagingJobs, job_pk: int) -> Outcome:
+    """Write one job's status now (one short transaction; raises on API errors other than 404).
+
+    The body is :func:`mwa_staging.status.status_for` of the row read under the lock.
+    """
     try:
         with conn.cursor() as cur:
-            if not q.try_lock_job(cur, job_pk):
+            if not status_queries.try_lock_job(cur, job_pk):
                 conn.rollback()
                 return Outcome(busy=True)
-            row = q.get_job(cur, job_pk)
+            row = status_queries.get_job(cur, job_pk)
             if row is None:
                 conn.rollback()
                 return Outcome(gone=True)
-            sample = q.failed_sample(cur, job_pk) if row.error_files else []
-            body = status.project(row, sample)
+            sample = status_queries.failed_sample(cur, job_pk) if row.error_files else []
+            body = status.status_for(row, sample)
             exists = jobs.patch_status(row.namespace, row.name, body, uid=row.uid)
-            q.mark_projected(cur, job_pk, row.version)
+            status_queries.mark_projected(cur, job_pk, row.version)
         conn.commit()
     except Exception:
         conn.rollback()
@@ -56,7 +59,7 @@ def project_job(conn: Connection, jobs: StagingJobs, job_pk: int) -> Outcome:
     return Outcome(patched=exists, gone=not exists)
 
 
-def project_dirty(
+def write_dirty_statuses(
     conn: Connection,
     jobs: StagingJobs,
     *,
@@ -64,16 +67,16 @@ def project_dirty(
     limit: int = 200,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> int:
-    """Project every job whose status is behind (coalesced); return how many were patched.
+    """Write every status that is behind its row (coalesced); return how many were patched.
 
     ``on_outcome`` sees each job's :class:`Outcome` (the bridge counts them as metrics).
     """
     with conn.cursor() as cur:
-        dirty = q.dirty_jobs(cur, min_interval_s=min_interval_s, limit=limit)
+        dirty = status_queries.dirty_jobs(cur, min_interval_s=min_interval_s, limit=limit)
     conn.commit()
     patched = 0
     for job_pk in dirty:
-        outcome = project_job(conn, jobs, job_pk)
+        outcome = write_status(conn, jobs, job_pk)
         if on_outcome is not None:
             on_outcome(outcome)
         if outcome.patched:

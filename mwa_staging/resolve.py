@@ -1,6 +1,6 @@
 """From an observation to the archive paths to stage: the MWA data_files service.
 
-CONTRACTS.md section 3. The rules live here, as pure functions unit tests can
+docs/contracts.md, "data_files lookup". The rules live here, as pure functions unit tests can
 check one by one:
 
 * query parameters: ``obs_id``, ``location=3`` (Banksia), ``terse=True``,
@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from mwa_staging.retry import Backoff
 from mwa_staging.settings import Settings
-from mwa_staging.status import ReturnCode
+from mwa_staging.vocabulary import ReturnCode
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,8 @@ async def resolve_observation(
     """The observation's archive paths; raises ResolveError with code 100 or 101."""
     params = query_params(obs_id, start_time, duration)
     attempts = settings.data_files_attempts
-    pause = settings.data_files_retry_seconds
+    # The service is occasionally slow: a few attempts, the pause doubling (uncapped).
+    backoff = Backoff(settings.data_files_retry_seconds, math.inf)
     problem = ""
     for attempt in range(1, attempts + 1):
         try:
@@ -152,6 +155,7 @@ async def resolve_observation(
             else:
                 problem = f"data_files answered HTTP {response.status_code}"
         if attempt < attempts:
+            pause = backoff.delay(attempt)
             log.warning(
                 "looking up observation %s failed (%s); attempt %d of %d, retrying in %.1f s",
                 obs_id,
@@ -161,7 +165,6 @@ async def resolve_observation(
                 pause,
             )
             await sleep(pause)
-            pause *= 2
     raise ResolveError(
         ReturnCode.LOOKUP_FAILED,
         f"looking up the files of observation {obs_id} failed after {attempts} attempt(s): "

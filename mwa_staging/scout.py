@@ -1,4 +1,4 @@
-"""Async client of the Scout REST API of Banksia (CONTRACTS.md section 1), through HAProxy.
+"""Async client of the Scout REST API of Banksia (docs/contracts.md, Scout API), through HAProxy.
 
 Why it looks the way it does:
 
@@ -8,9 +8,10 @@ Why it looks the way it does:
   token log in only once (the login is serialised and a call that sees the
   token already replaced simply retries with the new one).
 * Transient failures (connection errors, timeouts, 5xx) are retried with
-  exponential backoff for at most ``scout_retry_budget_seconds`` per call, then
-  :class:`ScoutError` is raised: a Scout node down or HAProxy hiccup must not
-  fail a job, but a long outage must end it (return code 102) rather than hang.
+  exponential backoff (:mod:`mwa_staging.retry`) for at most
+  ``scout_retry_budget_seconds`` per call, then :class:`ScoutError` is raised:
+  a Scout node down or HAProxy hiccup must not fail a job, but a long outage
+  must end it (return code 102) rather than hang.
 * Stage and cancel bodies are split into calls of at most
   ``scout_max_paths_per_call`` paths (the archive refuses bodies over ~4 MB).
 * TLS is verified by default (``Settings.scout_verify``); the original turned
@@ -33,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from mwa_staging.retry import Backoff
 from mwa_staging.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ class FileStatus:
 
     @property
     def on_disk(self) -> bool:
-        """A file is on disk when no block is offline (CONTRACTS.md section 1)."""
+        """A file is on disk when no block is offline (docs/contracts.md, Scout API)."""
         return self.offline_blocks == 0
 
 
@@ -92,14 +94,6 @@ def chunks(paths: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         raise ValueError("chunk size must be >= 1")
     for start in range(0, len(paths), size):
         yield paths[start : start + size]
-
-
-def backoff_delays(initial: float, maximum: float) -> Iterator[float]:
-    """Exponential pauses: initial, 2x, 4x ... capped at ``maximum``."""
-    delay = initial
-    while True:
-        yield min(delay, maximum)
-        delay = min(delay * 2, maximum)
 
 
 def _int(value: Any) -> int:
@@ -256,9 +250,9 @@ class ScoutClient:
     ) -> httpx.Response | None:
         """One logical call: retried while transient, re-logged once on 401/403."""
         deadline = self._clock() + self._settings.scout_retry_budget_seconds
-        delays = backoff_delays(
+        delays = Backoff(
             self._settings.scout_retry_initial_seconds, self._settings.scout_retry_max_seconds
-        )
+        ).delays()
         relogged = False
         while True:
             try:

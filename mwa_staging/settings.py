@@ -16,7 +16,7 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Paths of the Scout REST API below its base URL (CONTRACTS.md section 1).
+# Paths of the Scout REST API below its base URL (docs/contracts.md, Scout API).
 SCOUT_PATHS = {
     "login": "/v1/security/login",
     "stage": "/v1/request/batchstage",

@@ -1,7 +1,7 @@
 """The StagingJob status model: how a ``jobs`` row is shown on the object.
 
 The database is the source of truth; ``status`` is computed from the row by
-:func:`project` and nothing else, so whichever process writes it (the operator
+:func:`status_for` and nothing else, so whichever process writes it (the operator
 after its own steps, the bridge after file arrivals) writes the same thing for
 the same row. Conditions follow the Kubernetes API conventions and reuse the
 words of the Job API (``Complete``, ``Failed``, ``DeadlineExceeded``).
@@ -17,73 +17,19 @@ Field ownership, by who changes the underlying columns:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
 from typing import Any
 
 from mwa_staging.db.rows import FailedFile, JobRow
-
-
-class Phase(StrEnum):
-    """status.phase."""
-
-    PENDING = "Pending"
-    RESOLVING = "Resolving"
-    STAGING = "Staging"
-    COMPLETE = "Complete"
-    FAILED = "Failed"
-
-
-class ReturnCode(IntEnum):
-    """Callback return codes (CONTRACTS.md section 4)."""
-
-    ALL_STAGED = 0
-    SOME_ERRORS = 5
-    TIMED_OUT = 10
-    LOOKUP_FAILED = 100
-    NO_FILES = 101
-    STAGE_FAILED = 102
-    UNEXPECTED = 199
-
-
-class Reason(StrEnum):
-    """CamelCase reasons used in conditions and ``status.reason``."""
-
-    ACCEPTED = "Accepted"
-    RESOLVING = "Resolving"
-    FILES_RESOLVED = "FilesResolved"
-    STAGE_REQUESTED = "StageRequested"
-    ALL_FILES_STAGED = "AllFilesStaged"
-    FINISHED_WITH_ERRORS = "FinishedWithErrors"
-    DEADLINE_EXCEEDED = "DeadlineExceeded"
-    LOOKUP_FAILED = "LookupFailed"
-    NO_FILES = "NoFiles"
-    STAGE_FAILED = "StageRequestFailed"
-    UNEXPECTED_ERROR = "UnexpectedError"
-    DUPLICATE_JOB_ID = "DuplicateJobId"
-    CALLBACK_PENDING = "CallbackPending"
-    CALLBACK_FAILING = "CallbackFailing"
-    CALLBACK_DELIVERED = "CallbackDelivered"
-    CALLBACK_GAVE_UP = "CallbackGaveUp"
-    NO_CALLBACK = "NoCallback"
-
-
-# The reason a failed job records for each creation-failure return code.
-FAILURE_REASONS = {
-    ReturnCode.TIMED_OUT: Reason.DEADLINE_EXCEEDED,
-    ReturnCode.LOOKUP_FAILED: Reason.LOOKUP_FAILED,
-    ReturnCode.NO_FILES: Reason.NO_FILES,
-    ReturnCode.STAGE_FAILED: Reason.STAGE_FAILED,
-    ReturnCode.UNEXPECTED: Reason.UNEXPECTED_ERROR,
-}
-
-_PHASES = {
-    "pending": Phase.PENDING,
-    "resolving": Phase.RESOLVING,
-    "staging": Phase.STAGING,
-    "complete": Phase.COMPLETE,
-    "failed": Phase.FAILED,
-}
+from mwa_staging.vocabulary import (
+    FINISHED_STATES,
+    PHASE_OF_STATE,
+    CallbackState,
+    JobState,
+    Reason,
+    ReturnCode,
+)
 
 
 def timestamp(value: datetime | None) -> str | None:
@@ -99,151 +45,95 @@ def timestamp(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(
-    type_: str,
-    status: bool | None,
-    reason: str,
-    message: str,
-    since: datetime | None,
-    generation: int,
-    fallback_time: datetime,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Shown:
+    """What one condition says; its transition time defaults to the job's creation."""
+
+    status: bool | None  # None: Unknown
+    reason: str
+    message: str = ""
+    since: datetime | None = None
+
+
+def _condition(job: JobRow, type_: str, shown: _Shown) -> dict[str, Any]:
+    """One condition of ``job`` in the Kubernetes API's form."""
+    status = shown.status
     return {
         "type": type_,
         "status": "Unknown" if status is None else ("True" if status else "False"),
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": timestamp(since or fallback_time),
-        "observedGeneration": generation,
+        "reason": shown.reason,
+        "message": shown.message,
+        "lastTransitionTime": timestamp(shown.since or job.created_at),
+        "observedGeneration": job.generation,
     }
 
 
 def conditions(job: JobRow) -> list[dict[str, Any]]:
     """The five conditions of a job, derived from its row."""
-    failed = job.state == "failed"
-    code = job.return_code
-    created = job.created_at
-    gen = job.generation
+    failed = job.state == JobState.FAILED
+    complete = job.state == JobState.COMPLETE
+    # How the job ended, for the conditions its end decides.
+    ending = _Shown(False, job.reason or "", job.message or "", since=job.completion_time)
 
     if job.resolved_at is not None:
-        resolved = _condition(
-            "Resolved",
-            True,
-            Reason.FILES_RESOLVED,
-            f"{job.total_files} files to stage",
-            job.resolved_at,
-            gen,
-            created,
-        )
-    elif failed and code in (ReturnCode.LOOKUP_FAILED, ReturnCode.NO_FILES):
-        resolved = _condition(
-            "Resolved",
-            False,
-            job.reason or "",
-            job.message or "",
-            job.completion_time,
-            gen,
-            created,
-        )
+        files = f"{job.total_files} files to stage"
+        resolved = _Shown(True, Reason.FILES_RESOLVED, files, since=job.resolved_at)
+    elif failed and job.return_code in (ReturnCode.LOOKUP_FAILED, ReturnCode.NO_FILES):
+        resolved = ending
     else:
-        resolved = _condition("Resolved", None, Reason.RESOLVING, "", None, gen, created)
+        resolved = _Shown(None, Reason.RESOLVING)
 
     if job.stage_requested_at is not None:
-        staged = _condition(
-            "StageRequested",
-            True,
-            Reason.STAGE_REQUESTED,
-            f"asked the archive to stage {job.total_files} files",
-            job.stage_requested_at,
-            gen,
-            created,
-        )
+        asked = f"asked the archive to stage {job.total_files} files"
+        staged = _Shown(True, Reason.STAGE_REQUESTED, asked, since=job.stage_requested_at)
     elif failed:
-        staged = _condition(
-            "StageRequested",
-            False,
-            job.reason or "",
-            job.message or "",
-            job.completion_time,
-            gen,
-            created,
-        )
+        staged = ending
     else:
-        staged = _condition("StageRequested", None, Reason.ACCEPTED, "", None, gen, created)
+        staged = _Shown(None, Reason.ACCEPTED)
 
-    complete = job.state == "complete"
-    complete_reason = (
-        Reason.ALL_FILES_STAGED if job.error_files == 0 else Reason.FINISHED_WITH_ERRORS
-    )
-    complete_cond = _condition(
-        "Complete",
-        complete,
-        complete_reason if complete else "InProgress",
-        (job.message or "") if complete else "",
-        job.completion_time,
-        gen,
-        created,
-    )
-    failed_cond = _condition(
-        "Failed",
-        failed,
-        (job.reason or "") if failed else "NotFailed",
-        (job.message or "") if failed else "",
-        job.completion_time,
-        gen,
-        created,
-    )
-    return [resolved, staged, complete_cond, failed_cond, callback_condition(job)]
+    if complete:
+        all_staged = job.error_files == 0
+        why = Reason.ALL_FILES_STAGED if all_staged else Reason.FINISHED_WITH_ERRORS
+        completed = replace(ending, status=True, reason=why)
+    else:
+        completed = _Shown(False, Reason.IN_PROGRESS, since=job.completion_time)
+    if failed:
+        failure = replace(ending, status=True)
+    else:
+        failure = _Shown(False, Reason.NOT_FAILED, since=job.completion_time)
+    return [
+        _condition(job, "Resolved", resolved),
+        _condition(job, "StageRequested", staged),
+        _condition(job, "Complete", completed),
+        _condition(job, "Failed", failure),
+        callback_condition(job),
+    ]
 
 
 def callback_condition(job: JobRow) -> dict[str, Any]:
     """CallbackDelivered: True once the client accepted it."""
     state = job.callback_state
-    if state == "delivered":
-        return _condition(
-            "CallbackDelivered",
-            True,
-            Reason.CALLBACK_DELIVERED,
-            f"delivered after {job.callback_attempts} attempt(s)",
-            job.callback_delivered_at,
-            job.generation,
-            job.created_at,
-        )
-    if state == "gave_up":
-        return _condition(
-            "CallbackDelivered",
-            False,
-            Reason.CALLBACK_GAVE_UP,
-            f"gave up after {job.callback_attempts} attempts: {job.callback_last_error or ''}",
-            job.callback_last_attempt,
-            job.generation,
-            job.created_at,
-        )
-    if state == "pending" and job.callback_attempts > 0:
-        return _condition(
-            "CallbackDelivered",
-            False,
-            Reason.CALLBACK_FAILING,
-            f"attempt {job.callback_attempts} failed: {job.callback_last_error or ''}",
-            job.completion_time,
-            job.generation,
-            job.created_at,
-        )
-    if state == "pending":
-        return _condition(
-            "CallbackDelivered",
-            False,
-            Reason.CALLBACK_PENDING,
-            "",
-            job.completion_time,
-            job.generation,
-            job.created_at,
-        )
-    reason = Reason.NO_CALLBACK if job.state in ("complete", "failed") else "JobRunning"
-    return _condition("CallbackDelivered", False, reason, "", None, job.generation, job.created_at)
+    attempts = job.callback_attempts
+    last_error = job.callback_last_error or ""
+    if state == CallbackState.DELIVERED:
+        done = f"delivered after {attempts} attempt(s)"
+        shown = _Shown(True, Reason.CALLBACK_DELIVERED, done, since=job.callback_delivered_at)
+    elif state == CallbackState.GAVE_UP:
+        why = f"gave up after {attempts} attempts: {last_error}"
+        shown = _Shown(False, Reason.CALLBACK_GAVE_UP, why, since=job.callback_last_attempt)
+    elif state == CallbackState.PENDING and attempts > 0:
+        why = f"attempt {attempts} failed: {last_error}"
+        shown = _Shown(False, Reason.CALLBACK_FAILING, why, since=job.completion_time)
+    elif state == CallbackState.PENDING:
+        shown = _Shown(False, Reason.CALLBACK_PENDING, since=job.completion_time)
+    elif job.state in FINISHED_STATES:
+        shown = _Shown(False, Reason.NO_CALLBACK)
+    else:
+        shown = _Shown(False, Reason.JOB_RUNNING)
+    return _condition(job, "CallbackDelivered", shown)
 
 
-def project(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
+def status_for(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
     """The whole ``status`` of a StagingJob for this row (a merge-patch body's value)."""
     callback: dict[str, Any] = {
         "attempts": job.callback_attempts,
@@ -251,11 +141,13 @@ def project(job: JobRow, failed: list[FailedFile]) -> dict[str, Any]:
         "lastError": job.callback_last_error or "",
         "deliveredTime": timestamp(job.callback_delivered_at),
         "nextAttemptTime": (
-            timestamp(job.callback_next_attempt) if job.callback_state == "pending" else None
+            timestamp(job.callback_next_attempt)
+            if job.callback_state == CallbackState.PENDING
+            else None
         ),
     }
     return {
-        "phase": _PHASES[job.state].value,
+        "phase": PHASE_OF_STATE[JobState(job.state)].value,
         "progress": f"{job.ready_files}/{job.total_files}",
         "totalFiles": job.total_files,
         "readyFiles": job.ready_files,

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from mwa_staging.callback import host_allowed
+from mwa_staging.callback_client import host_allowed
 from mwa_staging.db import gateway_queries as gq
 from mwa_staging.db.migrate import migrate
 from mwa_staging.scout import ScoutError

@@ -42,6 +42,7 @@ from mwa_staging import filelists
 from mwa_staging.db import gateway_queries as gq
 from mwa_staging.db.rows import JobRow
 from mwa_staging.kube import GROUP, KIND, PLURAL, VERSION
+from mwa_staging.vocabulary import Reason
 from mwa_staging_gateway.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class Jobs:
                 self.delete_and_wait(name, uid)
                 raise
         row = self._confirm(uid)
-        if row is not None and row.reason == "DuplicateJobId":
+        if row is not None and row.reason == Reason.DUPLICATE_JOB_ID:
             self.delete_and_wait(name, uid)
             raise duplicate(sub.job_id)
 

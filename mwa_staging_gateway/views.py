@@ -13,9 +13,7 @@ from typing import Any
 from mwa_staging.db.gateway_queries import Heartbeat, ListedJob, Report, Totals
 from mwa_staging.db.rows import JobRow
 from mwa_staging.scout import CacheState
-
-FINISHED = ("complete", "failed")
-READY, ERROR = 1, 2
+from mwa_staging.vocabulary import FINISHED_STATES, FileState
 
 
 def seconds(value: datetime | None) -> int:
@@ -34,7 +32,7 @@ def job_status(
     answer: dict[str, Any] = {
         "job_id": job.job_id,
         "created": seconds(job.created_at),
-        "completed": job.state in FINISHED,
+        "completed": job.state in FINISHED_STATES,
         "total_files": job.total_files,
         "ready_files": job.ready_files,
         "error_files": job.error_files,
@@ -44,9 +42,9 @@ def job_status(
     if files is not None:
         answer["files"] = {
             path: [
-                state == READY,
-                state == ERROR,
-                seconds(updated) if state != 0 and updated is not None else None,
+                state == FileState.READY,
+                state == FileState.ERROR,
+                seconds(updated) if state != FileState.PENDING and updated is not None else None,
             ]
             for path, state, updated in files
         }

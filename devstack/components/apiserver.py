@@ -23,7 +23,7 @@ from devstack.components import http
 from devstack.components.base import Component
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 CRDS_DIR = build.REPO_DIR / "crds"
 

@@ -11,12 +11,46 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.pki import PKI
+
+
+class StackView(Protocol):
+    """What a component may ask of the launcher (:class:`devstack.stack.Stack` provides it).
+
+    Components depend on this, the launcher on the components: the imports go
+    one way. Component modules import it under the name ``Stack`` (to them it
+    is the stack); a component that needs more of the launcher adds it here.
+    """
+
+    root: Path
+    pki: PKI
+
+    @property
+    def kafka_user(self) -> str: ...
+
+    def port(self, key: str) -> int: ...
+
+    def secret(self, key: str, factory: Callable[[], str] = ...) -> str: ...
+
+    def scout_names(self, *, running_only: bool = False) -> list[str]: ...
+
+    def env_value(self, name: str) -> str: ...
+
+    def service_env(self, kind: str) -> dict[str, str]: ...
+
+    def tls_context(self) -> ssl.SSLContext: ...
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]: ...
+
+    def log(self, message: str) -> None: ...
 
 
 class Component:
@@ -37,30 +71,30 @@ class Component:
         #: Extra variables on top of the launcher's environment (``Stack.spawn``).
         self.extra_env: dict[str, str] = {}
 
-    def unavailable(self, stack: Stack) -> str | None:
+    def unavailable(self, stack: StackView) -> str | None:
         """Why this component cannot run here (it is then skipped), or None."""
         return None
 
-    def prepare(self, stack: Stack) -> None:
+    def prepare(self, stack: StackView) -> None:
         """Write config and data files; idempotent (runs before every start)."""
 
-    def argv(self, stack: Stack) -> list[str]:
+    def argv(self, stack: StackView) -> list[str]:
         raise NotImplementedError
 
-    def env(self, stack: Stack) -> dict[str, str]:
+    def env(self, stack: StackView) -> dict[str, str]:
         return {**inherited_env(), **self.extra_env}
 
-    def cwd(self, stack: Stack) -> Path:
+    def cwd(self, stack: StackView) -> Path:
         return stack.root
 
-    def probe(self, stack: Stack) -> bool:
+    def probe(self, stack: StackView) -> bool:
         """One readiness check; exceptions count as "not ready yet"."""
         raise NotImplementedError
 
-    def after_ready(self, stack: Stack) -> None:
+    def after_ready(self, stack: StackView) -> None:
         """Work that needs the running process (topics, databases, CRDs); idempotent."""
 
-    def ports(self, stack: Stack) -> list[int]:
+    def ports(self, stack: StackView) -> list[int]:
         """The TCP ports this component listens on (checked free after a stop)."""
         return []
 

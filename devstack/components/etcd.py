@@ -9,7 +9,7 @@ from devstack.components import http
 from devstack.components.base import Component
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 
 class Etcd(Component):

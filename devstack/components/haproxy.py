@@ -4,7 +4,7 @@ The configuration is the Helm chart's own (``charts/mwa-staging/files/haproxy.cf
 rendered by :func:`devstack.chart.haproxy_config` with loopback addresses), so the
 stack runs exactly what the chart deploys: HTTP mode, TLS on the front with a
 certificate of the stack CA, round robin, active health checks, ``retries 3`` with
-``option redispatch`` and the timeouts of CONTRACTS.md section 1.
+``option redispatch`` and the timeouts of docs/contracts.md (Scout API).
 
 The real Scout API has no health endpoint, so the check asks ``GET /v1/fscache``
 without a token and counts 200 or 401 as alive. Checks every 500 ms and 3 failures
@@ -29,7 +29,7 @@ from devstack.components import http
 from devstack.components.base import Component
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 HAPROXY = "/usr/sbin/haproxy"
 

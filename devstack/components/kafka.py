@@ -27,7 +27,7 @@ from devstack import build
 from devstack.components.base import Component
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 TOPIC_PARTITIONS = 4
 

@@ -31,7 +31,7 @@ from devstack import procs
 from devstack.components.base import Component
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "mwa_staging"

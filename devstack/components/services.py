@@ -17,7 +17,7 @@ from devstack.components.base import Component, python
 from devstack.components.sims import module_exists
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 
 class Service(Component):
@@ -81,6 +81,6 @@ class Gateway(Service):
     port_var = "GATEWAY_PORT"
 
     def prepare(self, stack: Stack) -> None:
-        namespace = stack.env["GATEWAY_NAMESPACE"]
+        namespace = stack.env_value("GATEWAY_NAMESPACE")
         if stack.kubectl("get", "namespace", namespace, check=False).returncode != 0:
             stack.kubectl("create", "namespace", namespace, check=False)

@@ -15,7 +15,7 @@ from devstack.components import http
 from devstack.components.base import Component, python
 
 if TYPE_CHECKING:
-    from devstack.stack import Stack
+    from devstack.components.base import StackView as Stack
 
 
 def module_exists(module: str) -> bool:

@@ -1,4 +1,4 @@
-"""Simulators of the systems outside this project's control (CONTRACTS.md).
+"""Simulators of the systems outside this project's control (docs/contracts.md).
 
 Only what we cannot run for real is simulated: Banksia's Scout API and its Kafka
 notifications, the MWA data_files web service and the client's callback

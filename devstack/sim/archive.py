@@ -1,6 +1,6 @@
 """The simulated archive: Banksia's files, tokens and staging clock in one object.
 
-This is the one shared state behind every Scout node (CONTRACTS.md section 1):
+This is the one shared state behind every Scout node (docs/contracts.md, Scout API):
 a file staged through node 1 is online when asked through node 2 because both
 nodes forward to the single :class:`Archive` living in the banksia process.
 It knows nothing of HTTP or Kafka; the Scout API layer calls it and the

@@ -1,4 +1,4 @@
-"""The client's callback receiver (CONTRACTS.md section 4).
+"""The client's callback receiver (docs/contracts.md, Callback).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""The MWA data_files web service (CONTRACTS.md section 3), deterministic.
+"""The MWA data_files web service (docs/contracts.md, data_files lookup), deterministic.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""The Scout REST API (CONTRACTS.md section 1), answered by the banksia process.
+"""The Scout REST API (docs/contracts.md, Scout API), answered by the banksia process.
 
 Scout nodes forward every request here unchanged, naming themselves in the
 :data:`NODE_HEADER` header, so the logic and the state exist once. The API is

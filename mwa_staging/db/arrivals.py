@@ -5,7 +5,10 @@ statement works on whole columns of the batch (``unnest`` of arrays), never one
 statement per message, and the whole is idempotent: a file that is already
 ready stays ready, an error only lands on a file still pending, and the
 partition offsets stored with the batch make a redelivered batch a no-op even
-for the counters that are not naturally idempotent.
+for the counters that are not naturally idempotent. A job whose last file
+arrives is completed in the same transaction, by the rule the restage path
+uses too (:mod:`mwa_staging.db.completion`). The batch's columns are the
+database layer's own types (:mod:`mwa_staging.db.rows`).
 
 Lock order (deadlocks are retried by the caller, but are avoided by design):
 ``bridge_offsets`` rows by partition, then ``jobs`` rows by id, then
@@ -26,7 +29,10 @@ from dataclasses import dataclass, field
 import psycopg2
 from psycopg2.extensions import cursor as Cursor
 
-NOTIFY_CHANNEL = "mwa_staging_jobs"
+from mwa_staging.db.completion import complete_finished
+from mwa_staging.db.params import params
+from mwa_staging.db.rows import Arrivals, MalformedRows
+
 UNKNOWN_PATH_COUNTER = "unknown_path_messages"
 MALFORMED_COUNTER = "malformed_messages"
 
@@ -71,11 +77,11 @@ _LOAD_ARRAYS = _LOAD_TEMPLATE.format(
 
 # Only jobs in `staging` take arrivals: the operator moves a job there in the
 # transaction that records its files, so `staging` means every file is known.
-# A job without failed files has no file in state 2, which is what lets the
-# common case below skip reading old states.
+# A job without failed files has no file in the error state, which is what lets
+# the common case below skip reading old states.
 _LOCK_JOBS = """
 SELECT id, error_files > 0 FROM jobs
-WHERE id IN (SELECT job FROM bridge_pairs WHERE job IS NOT NULL) AND state = 'staging'
+WHERE id IN (SELECT job FROM bridge_pairs WHERE job IS NOT NULL) AND state = %(staging)s
 ORDER BY id
 FOR UPDATE
 """
@@ -90,18 +96,19 @@ FOR UPDATE
 _APPLY = """
 WITH first AS (
     UPDATE job_files f
-    SET state = CASE WHEN p.ok THEN 1 ELSE 2 END,
+    SET state = CASE WHEN p.ok THEN %(file_ready)s ELSE %(file_error)s END,
         error = CASE WHEN p.ok THEN NULL ELSE p.error END,
         updated_at = now()
     FROM bridge_pairs p
-    WHERE f.job = p.job AND f.path = p.path AND f.state = 0 AND p.job = ANY(%(jobs)s)
+    WHERE f.job = p.job AND f.path = p.path AND f.state = %(file_pending)s
+      AND p.job = ANY(%(jobs)s)
     RETURNING p.job, p.path, p.ok, p.t
 ),
 recovered AS (
     UPDATE job_files f
-    SET state = 1, error = NULL, updated_at = now()
+    SET state = %(file_ready)s, error = NULL, updated_at = now()
     FROM bridge_pairs p
-    WHERE f.job = p.job AND f.path = p.path AND f.state = 2 AND p.ok
+    WHERE f.job = p.job AND f.path = p.path AND f.state = %(file_error)s AND p.ok
       AND p.job = ANY(%(jobs_with_errors)s)
     RETURNING p.job, p.path, p.t
 ),
@@ -128,27 +135,6 @@ bumped AS (
     RETURNING j.id
 )
 SELECT (SELECT count(DISTINCT path) FROM changed), (SELECT count(*) FROM bumped)
-"""
-
-# The bridge ends a job in the transaction that records its last file, so a
-# completed job and its counts can never disagree. The operator sends the callback.
-_COMPLETE = """
-WITH done AS (
-    UPDATE jobs
-    SET state = 'complete',
-        completion_time = now(),
-        return_code = CASE WHEN error_files = 0 THEN 0 ELSE 5 END,
-        reason = CASE WHEN error_files = 0 THEN 'AllFilesStaged' ELSE 'FinishedWithErrors' END,
-        message = CASE WHEN error_files = 0
-                       THEN format('%%s of %%s files staged', ready_files, total_files)
-                       ELSE format('%%s staged, %%s failed', ready_files, error_files) END,
-        callback_state = 'pending',
-        callback_next_attempt = now(),
-        version = version + 1
-    WHERE id = ANY(%s) AND state = 'staging' AND ready_files + error_files >= total_files
-    RETURNING id
-)
-SELECT id, pg_notify(%s, id::text) FROM done ORDER BY id
 """
 
 _BUMP_COUNTER = """
@@ -207,25 +193,6 @@ _FORGET_MEMBERS = "DELETE FROM bridge_heartbeat WHERE updated_at < now() - inter
 
 
 @dataclass
-class Arrivals:
-    """A batch's valid messages as columns (``errors[i]`` None: staged)."""
-
-    paths: list[str] = field(default_factory=list)
-    errors: list[str | None] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)  # epoch seconds
-
-
-@dataclass
-class MalformedRows:
-    """A batch's malformed messages as columns."""
-
-    partitions: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
-
-
-@dataclass
 class Recorded:
     """What one batch changed."""
 
@@ -233,9 +200,7 @@ class Recorded:
     unknown: int = 0  # messages for paths held by no job
     malformed_new: int = 0  # malformed messages not seen before
     jobs_touched: int = 0
-    completed: list[int] = field(default_factory=list)
-    # valid messages the database refused, kept as malformed (kafka_bridge.recorder)
-    quarantined: int = 0
+    completed: list[int] = field(default_factory=list)  # jobs the batch completed
 
 
 def prepare_session(cur: Cursor) -> None:
@@ -309,17 +274,17 @@ def _apply_arrivals(cur: Cursor, arrivals: Arrivals, out: Recorded) -> None:
             _LOAD_ARRAYS,
             {"paths": arrivals.paths, "errors": arrivals.errors, "times": arrivals.times},
         )
-    cur.execute(_LOCK_JOBS)
+    cur.execute(_LOCK_JOBS, params())
     locked = cur.fetchall()
     if locked:
         jobs = [row[0] for row in locked]
         with_errors = [row[0] for row in locked if row[1]]
-        cur.execute(_APPLY, {"jobs": jobs, "jobs_with_errors": with_errors})
+        cur.execute(_APPLY, params(jobs=jobs, jobs_with_errors=with_errors))
         row = cur.fetchone()
         if row:
             out.applied, out.jobs_touched = int(row[0]), int(row[1])
-        cur.execute(_COMPLETE, (jobs, NOTIFY_CHANNEL))
-        out.completed = [r[0] for r in cur.fetchall()]
+        # The bridge ends a job in the transaction that records its last file.
+        out.completed = complete_finished(cur, jobs)
     cur.execute("SELECT coalesce(sum(n), 0) FROM bridge_pairs WHERE job IS NULL")
     row = cur.fetchone()
     out.unknown = int(row[0]) if row else 0

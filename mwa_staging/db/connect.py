@@ -1,9 +1,10 @@
 """Opening PostgreSQL connections.
 
 psycopg2 is synchronous; the operator calls it from its database thread pool
-(``mwa_staging_operator.db``) and the bridge from its recorder and projector
-threads. Connections are opened with keepalives and a connect timeout so that a
-database restart is noticed and a reconnect can follow instead of a hang.
+(``mwa_staging_operator.db_pool``) and the bridge from its recorder and
+projector threads (each keeps one :class:`KeptConnection`). Connections are
+opened with keepalives and a connect timeout so that a database restart is
+noticed and a reconnect can follow instead of a hang.
 
 The connection string holds the password, and libpq quotes the string back in
 some errors (``invalid dsn: missing "=" after "postgresql//user:secret@..."``
@@ -14,6 +15,7 @@ Events, so :func:`connect` re-raises them with the password removed.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import psycopg2
@@ -67,3 +69,47 @@ def connect(dsn: str, *, application_name: str = "mwa-staging") -> psycopg2.exte
         raise type(exc)(clean) from None
     conn.autocommit = False
     return conn
+
+
+class KeptConnection:
+    """The one connection a long-lived thread keeps: opened on first use, reopened once lost.
+
+    The bridge's recorder and projector threads each hold one. ``on_open``
+    prepares a new session (and commits) before it is handed out.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        application_name: str,
+        on_open: Callable[[psycopg2.extensions.connection], None] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._name = application_name
+        self._on_open = on_open
+        self._conn: psycopg2.extensions.connection | None = None
+
+    def get(self) -> psycopg2.extensions.connection:
+        """The connection, opening a new one if there is none or it was closed."""
+        if self._conn is None or self._conn.closed:
+            conn = connect(self._dsn, application_name=self._name)
+            if self._on_open is not None:
+                self._on_open(conn)
+            self._conn = conn
+        return self._conn
+
+    def rollback(self) -> None:
+        """End a failed transaction; a connection that cannot even roll back is dropped."""
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except psycopg2.Error:
+                self.drop()
+
+    def drop(self) -> None:
+        """Close and forget the connection (the next :meth:`get` opens a new one)."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+        self._conn = None

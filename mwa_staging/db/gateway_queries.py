@@ -17,10 +17,11 @@ from datetime import datetime
 from psycopg2.extensions import cursor as Cursor
 
 from mwa_staging.db.rows import JobRow
+from mwa_staging.vocabulary import FINISHED_STATES, Reason
 
 _COLS = JobRow.columns()
-_DUPLICATE = "DuplicateJobId"
-_FINISHED = ("complete", "failed")
+_DUPLICATE = str(Reason.DUPLICATE_JOB_ID)
+_FINISHED = [str(s) for s in FINISHED_STATES]
 
 
 def live_job(cur: Cursor, namespace: str, job_id: int) -> JobRow | None:
@@ -77,11 +78,11 @@ def job_list(cur: Cursor, namespace: str) -> list[ListedJob]:
     """Every job of the namespace (one per job id, as :func:`find_job` picks), by job id."""
     cur.execute(
         "SELECT DISTINCT ON (j.job_id) j.job_id, j.created_at, j.ready_files, j.total_files,"
-        " j.state IN ('complete', 'failed'), j.last_file_time, j.error_files,"
+        " j.state = ANY(%s), j.last_file_time, j.error_files,"
         " (SELECT f.path FROM job_files f WHERE f.job = j.id ORDER BY f.path LIMIT 1)"
         " FROM jobs j WHERE j.namespace = %s AND j.reason IS DISTINCT FROM %s"
         " ORDER BY j.job_id, j.live DESC, j.id DESC",
-        (namespace, _DUPLICATE),
+        (_FINISHED, namespace, _DUPLICATE),
     )
     return [ListedJob(*row) for row in cur.fetchall()]
 
@@ -100,13 +101,13 @@ class Totals:
 def totals(cur: Cursor, namespace: str) -> Totals:
     """Counts over the namespace's jobs (refused duplicates left out), from the counters."""
     cur.execute(
-        "SELECT count(*) FILTER (WHERE state IN ('complete', 'failed')),"
-        " count(*) FILTER (WHERE state NOT IN ('complete', 'failed')),"
+        "SELECT count(*) FILTER (WHERE state = ANY(%(done)s)),"
+        " count(*) FILTER (WHERE NOT state = ANY(%(done)s)),"
         " coalesce(sum(ready_files), 0), coalesce(sum(error_files), 0),"
         " coalesce(sum(total_files - ready_files - error_files)"
-        "   FILTER (WHERE state NOT IN ('complete', 'failed')), 0)"
-        " FROM jobs WHERE namespace = %s AND reason IS DISTINCT FROM %s",
-        (namespace, _DUPLICATE),
+        "   FILTER (WHERE NOT state = ANY(%(done)s)), 0)"
+        " FROM jobs WHERE namespace = %(ns)s AND reason IS DISTINCT FROM %(dup)s",
+        {"done": _FINISHED, "ns": namespace, "dup": _DUPLICATE},
     )
     row = cur.fetchone()
     assert row is not None

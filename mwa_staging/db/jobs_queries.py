@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 
+from mwa_staging.db.completion import complete_finished
+from mwa_staging.db.params import params
 from mwa_staging.db.rows import JobRow
 from mwa_staging.db.status_queries import get_job, get_job_by_uid
-
-__all__ = ["get_job", "get_job_by_uid"]
-
-ACTIVE_STATES = ("pending", "resolving", "staging")
-FILE_STATES = {"pending": 0, "ready": 1, "error": 2}
-FILE_STATE_NAMES = {code: name for name, code in FILE_STATES.items()}
+from mwa_staging.vocabulary import FileState, JobState
 
 _COLS = JobRow.columns()
 _J_COLS = ", ".join(f"j.{c.strip()}" for c in _COLS.split(","))
@@ -80,6 +77,10 @@ class Created:
     duplicate_of: str | None = None
 
 
+def _fields(new: NewJob) -> dict[str, object]:
+    return {f.name: getattr(new, f.name) for f in fields(new)}
+
+
 def create_job(cur: Cursor, new: NewJob) -> Created:
     """Record a StagingJob (idempotent by uid), refusing a second live use of its job id.
 
@@ -94,22 +95,13 @@ def create_job(cur: Cursor, new: NewJob) -> Created:
         "INSERT INTO jobs (uid, namespace, name, job_id, generation, notify_url,"
         " callback_secret, state, start_time, deadline, restage_interval_s,"
         " ttl_after_finished_s)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'resolving', now(),"
-        " now() + make_interval(secs => %s), %s, %s)"
+        " VALUES (%(uid)s, %(namespace)s, %(name)s, %(job_id)s, %(generation)s,"
+        " %(notify_url)s, %(callback_secret)s, %(resolving)s, now(),"
+        " now() + make_interval(secs => %(active_deadline_s)s), %(restage_interval_s)s,"
+        " %(ttl_after_finished_s)s)"
         " ON CONFLICT (namespace, job_id) WHERE live DO NOTHING"
         f" RETURNING {_COLS}",
-        (
-            new.uid,
-            new.namespace,
-            new.name,
-            new.job_id,
-            new.generation,
-            new.notify_url,
-            new.callback_secret,
-            new.active_deadline_s,
-            new.restage_interval_s,
-            new.ttl_after_finished_s,
-        ),
+        params(**_fields(new)),
     )
     row = cur.fetchone()
     if row is not None:
@@ -128,25 +120,14 @@ def create_job(cur: Cursor, new: NewJob) -> Created:
         "INSERT INTO jobs (uid, namespace, name, job_id, generation, notify_url,"
         " callback_secret, live, state, reason, message, start_time, completion_time,"
         " callback_state, restage_interval_s, ttl_after_finished_s, delete_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, false, 'failed', 'DuplicateJobId', %s,"
-        " now(), now(), 'none', %s, %s,"
-        " CASE WHEN %s::integer IS NULL THEN NULL"
-        "      ELSE now() + make_interval(secs => %s::integer) END)"
+        " VALUES (%(uid)s, %(namespace)s, %(name)s, %(job_id)s, %(generation)s,"
+        " %(notify_url)s, %(callback_secret)s, false, %(failed)s, %(reason_duplicate)s,"
+        " %(message)s, now(), now(), %(cb_none)s, %(restage_interval_s)s,"
+        " %(ttl_after_finished_s)s,"
+        " CASE WHEN %(ttl_after_finished_s)s::integer IS NULL THEN NULL"
+        "      ELSE now() + make_interval(secs => %(ttl_after_finished_s)s::integer) END)"
         f" RETURNING {_COLS}",
-        (
-            new.uid,
-            new.namespace,
-            new.name,
-            new.job_id,
-            new.generation,
-            new.notify_url,
-            new.callback_secret,
-            message,
-            new.restage_interval_s,
-            new.ttl_after_finished_s,
-            new.ttl_after_finished_s,
-            new.ttl_after_finished_s,
-        ),
+        params(**_fields(new), message=message),
     )
     dup = cur.fetchone()
     assert dup is not None
@@ -175,15 +156,15 @@ def record_files(cur: Cursor, job_pk: int, paths: Sequence[str]) -> bool:
     """
     cur.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (job_pk,))
     row = cur.fetchone()
-    if row is None or row[0] != "resolving":
+    if row is None or row[0] != JobState.RESOLVING:
         return False
     cur.copy_expert(
         "COPY job_files (job, path) FROM STDIN WITH (FORMAT csv)", _csv_rows(job_pk, paths)
     )
     cur.execute(
-        "UPDATE jobs SET state = 'staging', total_files = %s, resolved_at = now(),"
-        " version = version + 1 WHERE id = %s",
-        (len(paths), job_pk),
+        "UPDATE jobs SET state = %(staging)s, total_files = %(total)s, resolved_at = now(),"
+        " version = version + 1 WHERE id = %(id)s",
+        params(total=len(paths), id=job_pk),
     )
     return True
 
@@ -198,10 +179,22 @@ def mark_stage_requested(cur: Cursor, job_pk: int) -> None:
     )
 
 
+def _pending_paths(cur: Cursor, job_pk: int, condition: str = "", order: str = "") -> list[str]:
+    """Paths of the job's pending files; ``condition`` and ``order`` are SQL on ``f``/``j``.
+
+    ``f`` is the file row (``job_files``), ``j`` its job's row.
+    """
+    cur.execute(
+        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
+        f" WHERE f.job = %(id)s AND f.state = %(file_pending)s {condition} {order}",
+        params(id=job_pk),
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
 def pending_paths(cur: Cursor, job_pk: int) -> list[str]:
     """Paths of the job still without news (neither ready nor failed)."""
-    cur.execute("SELECT path FROM job_files WHERE job = %s AND state = 0", (job_pk,))
-    return [row[0] for row in cur.fetchall()]
+    return _pending_paths(cur, job_pk)
 
 
 def unrequested_paths(cur: Cursor, job_pk: int) -> list[str]:
@@ -210,14 +203,12 @@ def unrequested_paths(cur: Cursor, job_pk: int) -> list[str]:
     What a resumed create handler still has to stage: Scout accepted every
     path up to ``stage_cursor`` before the restart.
     """
-    cur.execute(
-        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
-        " WHERE f.job = %s AND f.state = 0"
-        ' AND (j.stage_cursor IS NULL OR f.path COLLATE "C" > j.stage_cursor COLLATE "C")'
-        ' ORDER BY f.path COLLATE "C"',
-        (job_pk,),
+    return _pending_paths(
+        cur,
+        job_pk,
+        'AND (j.stage_cursor IS NULL OR f.path COLLATE "C" > j.stage_cursor COLLATE "C")',
+        'ORDER BY f.path COLLATE "C"',
     )
-    return [row[0] for row in cur.fetchall()]
 
 
 def record_stage_progress(cur: Cursor, job_pk: int, last_path: str) -> str | None:
@@ -230,10 +221,10 @@ def record_stage_progress(cur: Cursor, job_pk: int, last_path: str) -> str | Non
     cur.execute(
         "UPDATE jobs SET stage_cursor = CASE WHEN stage_cursor IS NULL"
         '   OR stage_cursor COLLATE "C" < %(p)s COLLATE "C" THEN %(p)s ELSE stage_cursor END,'
-        " cancel_due_at = CASE WHEN state IN ('complete', 'failed') THEN now()"
+        " cancel_due_at = CASE WHEN state IN %(finished)s THEN now()"
         "   ELSE cancel_due_at END"
         " WHERE id = %(id)s RETURNING state",
-        {"p": last_path, "id": job_pk},
+        params(p=last_path, id=job_pk),
     )
     row = cur.fetchone()
     return str(row[0]) if row else None
@@ -256,23 +247,24 @@ def fail_job(
     unexpected error mid-way), the cancel of those paths becomes due in the
     same transaction, as for a timeout.
     """
+    values = params(code=code, reason=reason, message=message, id=job_pk)
     if callback:
         cur.execute(
-            "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
-            " completion_time = now(), callback_state = 'pending',"
+            "UPDATE jobs SET state = %(failed)s, return_code = %(code)s, reason = %(reason)s,"
+            " message = %(message)s, completion_time = now(), callback_state = %(cb_pending)s,"
             " callback_next_attempt = now(), next_restage_at = NULL,"
             f" cancel_due_at = {_CANCEL_STAGED}, version = version + 1"
-            " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
-            (code, reason, message, job_pk),
+            " WHERE id = %(id)s AND state IN %(unfinished)s RETURNING id",
+            values,
         )
     else:
         cur.execute(
-            "UPDATE jobs SET state = 'failed', return_code = %s, reason = %s, message = %s,"
-            " completion_time = now(), callback_state = 'none', live = false,"
-            f" next_restage_at = NULL, delete_at = {_DELETE_AT_NOW},"
+            "UPDATE jobs SET state = %(failed)s, return_code = %(code)s, reason = %(reason)s,"
+            " message = %(message)s, completion_time = now(), callback_state = %(cb_none)s,"
+            f" live = false, next_restage_at = NULL, delete_at = {_DELETE_AT_NOW},"
             f" cancel_due_at = {_CANCEL_STAGED}, version = version + 1"
-            " WHERE id = %s AND state IN ('pending', 'resolving', 'staging') RETURNING id",
-            (code, reason, message, job_pk),
+            " WHERE id = %(id)s AND state IN %(unfinished)s RETURNING id",
+            values,
         )
     return cur.fetchone() is not None
 
@@ -280,17 +272,11 @@ def fail_job(
 # --- progress found by the restage pass -------------------------------------
 
 
-def completion_message(total: int, ready: int, errors: int) -> str:
-    """The comment of a complete job: the same words the bridge writes (db/arrivals.py)."""
-    if errors == 0:
-        return f"{ready} of {total} files staged"
-    return f"{ready} staged, {errors} failed"
-
-
 def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[int, bool]:
     """Record files found on disk, completing the job if they were its last.
 
-    Returns (files marked, whether the job completed). Safe against the bridge
+    Returns (files marked, whether the job completed). Completion is the one
+    rule of :mod:`mwa_staging.db.completion`, the bridge's too. Safe against the bridge
     doing the same at the same time: the job row is locked first (the bridge's
     lock order: jobs, then job_files), a file moves from pending only once, and
     counters are incremented, never recomputed.
@@ -299,13 +285,14 @@ def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[in
         return 0, False
     cur.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (job_pk,))
     locked = cur.fetchone()
-    if locked is None or locked[0] != "staging":
+    if locked is None or locked[0] != JobState.STAGING:
         return 0, False
     cur.execute(
-        "WITH marked AS (UPDATE job_files SET state = 1, updated_at = now()"
-        " WHERE job = %s AND path = ANY(%s) AND state = 0 RETURNING 1)"
+        "WITH marked AS (UPDATE job_files SET state = %(file_ready)s, updated_at = now()"
+        " WHERE job = %(id)s AND path = ANY(%(paths)s) AND state = %(file_pending)s"
+        " RETURNING 1)"
         " SELECT count(*) FROM marked",
-        (job_pk, list(paths)),
+        params(id=job_pk, paths=list(paths)),
     )
     row = cur.fetchone()
     marked = int(row[0]) if row else 0
@@ -313,27 +300,10 @@ def mark_files_ready(cur: Cursor, job_pk: int, paths: Sequence[str]) -> tuple[in
         return 0, False
     cur.execute(
         "UPDATE jobs SET ready_files = ready_files + %s, last_file_time = now(),"
-        " version = version + 1 WHERE id = %s"
-        " RETURNING total_files, ready_files, error_files",
+        " version = version + 1 WHERE id = %s",
         (marked, job_pk),
     )
-    counts = cur.fetchone()
-    assert counts is not None
-    total, ready, errors = counts
-    if ready + errors < total:
-        return marked, False
-    cur.execute(
-        "UPDATE jobs SET state = 'complete', return_code = %s, reason = %s, message = %s,"
-        " completion_time = now(), callback_state = 'pending', callback_next_attempt = now(),"
-        " next_restage_at = NULL, version = version + 1 WHERE id = %s AND state = 'staging'",
-        (
-            0 if errors == 0 else 5,
-            "AllFilesStaged" if errors == 0 else "FinishedWithErrors",
-            completion_message(total, ready, errors),
-            job_pk,
-        ),
-    )
-    return marked, True
+    return marked, bool(complete_finished(cur, [job_pk]))
 
 
 # --- the scheduler's due work ------------------------------------------------
@@ -350,25 +320,17 @@ class DueTimes:
     cancel: datetime | None
     delete: datetime | None
 
-    def earliest(self) -> datetime | None:
-        times = [
-            t
-            for t in (self.deadline, self.restage, self.callback, self.cancel, self.delete)
-            if t is not None
-        ]
-        return min(times) if times else None
-
 
 def due_times(cur: Cursor) -> DueTimes:
     """One cheap statement: each minimum is read from the head of a partial index."""
     cur.execute(
         "SELECT now(),"
-        " (SELECT min(deadline) FROM jobs"
-        "   WHERE state IN ('pending', 'resolving', 'staging') AND live),"
-        " (SELECT min(next_restage_at) FROM jobs WHERE state = 'staging' AND live),"
-        " (SELECT min(callback_next_attempt) FROM jobs WHERE callback_state = 'pending'),"
+        " (SELECT min(deadline) FROM jobs WHERE state IN %(unfinished)s AND live),"
+        " (SELECT min(next_restage_at) FROM jobs WHERE state = %(staging)s AND live),"
+        " (SELECT min(callback_next_attempt) FROM jobs WHERE callback_state = %(cb_pending)s),"
         " (SELECT min(cancel_due_at) FROM jobs WHERE cancel_due_at IS NOT NULL),"
-        " (SELECT min(delete_at) FROM jobs WHERE delete_at IS NOT NULL)"
+        " (SELECT min(delete_at) FROM jobs WHERE delete_at IS NOT NULL)",
+        params(),
     )
     row = cur.fetchone()
     assert row is not None
@@ -384,24 +346,25 @@ def claim_deadlines(cur: Cursor, limit: int) -> list[JobRow]:
     work on it, finds the job ended at its next database step and stops.
     """
     cur.execute(
-        "UPDATE jobs j SET state = 'failed', return_code = 10, reason = 'DeadlineExceeded',"
+        "UPDATE jobs j SET state = %(failed)s, return_code = %(code_timed_out)s,"
+        " reason = %(reason_deadline)s,"
         " message = 'timed out after ' || round(extract(epoch FROM j.deadline - j.start_time))"
-        "   || CASE WHEN j.state = 'staging' THEN"
+        "   || CASE WHEN j.state = %(staging)s THEN"
         "   ' s: ' || j.ready_files || ' of ' || j.total_files || ' files staged, '"
         "   || j.error_files || ' failed, '"
         "   || (j.total_files - j.ready_files - j.error_files) || ' outstanding'"
         "   ELSE ' s while resolving the files to stage (the file lookup had not answered)'"
         "   END,"
-        " completion_time = now(), callback_state = 'pending', callback_next_attempt = now(),"
-        " next_restage_at = NULL,"
+        " completion_time = now(), callback_state = %(cb_pending)s,"
+        " callback_next_attempt = now(), next_restage_at = NULL,"
         " cancel_due_at = CASE WHEN j.ready_files + j.error_files < j.total_files"
         "   THEN now() END,"
         " version = j.version + 1"
-        " FROM (SELECT id FROM jobs WHERE state IN ('pending', 'resolving', 'staging')"
+        " FROM (SELECT id FROM jobs WHERE state IN %(unfinished)s"
         "       AND live AND deadline <= now()"
-        "       ORDER BY deadline LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        "       ORDER BY deadline LIMIT %(limit)s FOR UPDATE SKIP LOCKED) due"
         f" WHERE j.id = due.id RETURNING {_J_COLS}",
-        (limit,),
+        params(limit=limit),
     )
     return [JobRow.from_row(r) for r in cur.fetchall()]
 
@@ -425,11 +388,11 @@ def claim_restages(cur: Cursor, limit: int) -> list[Claim]:
     """Staging jobs whose restage pass is due; the next pass is scheduled at once."""
     cur.execute(
         "UPDATE jobs j SET next_restage_at = now() + make_interval(secs => j.restage_interval_s)"
-        " FROM (SELECT id FROM jobs WHERE state = 'staging' AND live"
+        " FROM (SELECT id FROM jobs WHERE state = %(staging)s AND live"
         "       AND next_restage_at <= now()"
-        "       ORDER BY next_restage_at LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        "       ORDER BY next_restage_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) due"
         " WHERE j.id = due.id RETURNING j.id, j.job_id, j.namespace, j.name, j.uid",
-        (limit,),
+        params(limit=limit),
     )
     return _claims(cur)
 
@@ -458,17 +421,15 @@ def cancel_candidates(cur: Cursor, job_pk: int) -> list[str]:
     stage cursor (a job that ended part way through its stage calls). Only
     these are safe to cancel: the other jobs' requests must stand.
     """
-    cur.execute(
-        "SELECT f.path FROM job_files f JOIN jobs j ON j.id = f.job"
-        " WHERE f.job = %s AND f.state = 0"
-        " AND (j.stage_requested_at IS NOT NULL"
+    return _pending_paths(
+        cur,
+        job_pk,
+        "AND (j.stage_requested_at IS NOT NULL"
         '   OR f.path COLLATE "C" <= j.stage_cursor COLLATE "C")'
         " AND NOT EXISTS (SELECT 1 FROM job_files g JOIN jobs o ON o.id = g.job"
         "   WHERE g.path = f.path AND g.job <> f.job AND o.live"
-        "   AND o.state IN ('pending', 'resolving', 'staging'))",
-        (job_pk,),
+        "   AND o.state IN %(unfinished)s)",
     )
-    return [row[0] for row in cur.fetchall()]
 
 
 def claim_ttl_deletes(cur: Cursor, limit: int, lease_s: float) -> list[Claim]:
@@ -490,15 +451,15 @@ def set_ttl(cur: Cursor, uid: str, ttl_s: int | None, generation: int) -> int | 
         " generation = greatest(generation, %(gen)s), version = version + 1,"
         " delete_at = CASE"
         "   WHEN %(ttl)s::integer IS NULL THEN NULL"
-        "   WHEN callback_state = 'delivered'"
+        "   WHEN callback_state = %(cb_delivered)s"
         "     THEN callback_delivered_at + make_interval(secs => %(ttl)s::integer)"
-        "   WHEN callback_state = 'gave_up'"
+        "   WHEN callback_state = %(cb_gave_up)s"
         "     THEN callback_last_attempt + make_interval(secs => %(ttl)s::integer)"
-        "   WHEN callback_state = 'none' AND state IN ('complete', 'failed')"
+        "   WHEN callback_state = %(cb_none)s AND state IN %(finished)s"
         "     THEN completion_time + make_interval(secs => %(ttl)s::integer)"
         "   ELSE NULL END"
         " WHERE uid = %(uid)s RETURNING id",
-        {"ttl": ttl_s, "gen": generation, "uid": uid},
+        params(ttl=ttl_s, gen=generation, uid=uid),
     )
     row = cur.fetchone()
     return int(row[0]) if row else None
@@ -521,13 +482,13 @@ def claim_callbacks(cur: Cursor, limit: int, lease_s: float) -> list[JobRow]:
     cur.execute(
         "UPDATE jobs j SET callback_attempts = j.callback_attempts + 1,"
         " callback_last_attempt = now(),"
-        " callback_next_attempt = now() + make_interval(secs => %s),"
+        " callback_next_attempt = now() + make_interval(secs => %(lease)s),"
         " version = j.version + 1"
-        " FROM (SELECT id FROM jobs WHERE callback_state = 'pending'"
+        " FROM (SELECT id FROM jobs WHERE callback_state = %(cb_pending)s"
         "       AND callback_next_attempt <= now()"
-        "       ORDER BY callback_next_attempt LIMIT %s FOR UPDATE SKIP LOCKED) due"
+        "       ORDER BY callback_next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED) due"
         f" WHERE j.id = due.id RETURNING {_J_COLS}",
-        (lease_s, limit),
+        params(lease=lease_s, limit=limit),
     )
     rows = [JobRow.from_row(r) for r in cur.fetchall()]
     if rows:
@@ -560,44 +521,33 @@ def record_callback_result(
         "UPDATE callback_attempts SET http_status = %s, error = %s WHERE job = %s AND attempt = %s",
         (http_status, error, job_pk, attempt),
     )
+    values = params(error=error, next=next_attempt, id=job_pk, attempt=attempt)
     if delivered:
         cur.execute(
-            "UPDATE jobs SET callback_state = 'delivered', callback_delivered_at = now(),"
+            "UPDATE jobs SET callback_state = %(cb_delivered)s, callback_delivered_at = now(),"
             " callback_last_error = NULL, callback_next_attempt = NULL, live = false,"
             f" delete_at = {_DELETE_AT_NOW}, version = version + 1"
-            " WHERE id = %s AND callback_state = 'pending' RETURNING id",
-            (job_pk,),
+            " WHERE id = %(id)s AND callback_state = %(cb_pending)s RETURNING id",
+            values,
         )
     elif give_up:
         cur.execute(
-            "UPDATE jobs SET callback_state = 'gave_up', callback_last_error = %s,"
+            "UPDATE jobs SET callback_state = %(cb_gave_up)s, callback_last_error = %(error)s,"
             " callback_next_attempt = NULL, live = false,"
             f" delete_at = {_DELETE_AT_NOW}, version = version + 1"
-            " WHERE id = %s AND callback_state = 'pending' AND callback_attempts = %s"
-            " RETURNING id",
-            (error, job_pk, attempt),
+            " WHERE id = %(id)s AND callback_state = %(cb_pending)s"
+            " AND callback_attempts = %(attempt)s RETURNING id",
+            values,
         )
     else:
         cur.execute(
-            "UPDATE jobs SET callback_last_error = %s, callback_next_attempt = %s,"
+            "UPDATE jobs SET callback_last_error = %(error)s, callback_next_attempt = %(next)s,"
             " version = version + 1"
-            " WHERE id = %s AND callback_state = 'pending' AND callback_attempts = %s"
-            " RETURNING id",
-            (error, next_attempt, job_pk, attempt),
+            " WHERE id = %(id)s AND callback_state = %(cb_pending)s"
+            " AND callback_attempts = %(attempt)s RETURNING id",
+            values,
         )
     return cur.fetchone() is not None
-
-
-def callback_attempts(
-    cur: Cursor, job_pk: int
-) -> list[tuple[int, datetime, int | None, str | None]]:
-    """(attempt, at, http_status, error) of every attempt, oldest first."""
-    cur.execute(
-        "SELECT attempt, at, http_status, error FROM callback_attempts WHERE job = %s"
-        " ORDER BY attempt",
-        (job_pk,),
-    )
-    return [(int(a), at, status, error) for a, at, status, error in cur.fetchall()]
 
 
 # --- deletion ------------------------------------------------------------------
@@ -614,10 +564,10 @@ def retire_job(cur: Cursor, job_pk: int) -> JobRow | None:
     cur.execute(
         "UPDATE jobs SET live = false, callback_next_attempt = NULL, next_restage_at = NULL,"
         " cancel_due_at = NULL, delete_at = NULL,"
-        " callback_state = CASE WHEN callback_state = 'pending' THEN 'none'"
+        " callback_state = CASE WHEN callback_state = %(cb_pending)s THEN %(cb_none)s"
         "   ELSE callback_state END"
-        " WHERE id = %s",
-        (job_pk,),
+        " WHERE id = %(id)s",
+        params(id=job_pk),
     )
     return before
 
@@ -637,7 +587,7 @@ def counts_by_state(cur: Cursor) -> dict[str, int]:
 
 
 def iter_files(
-    conn: Connection, job_pk: int, state: int | None = None, batch: int = 5000
+    conn: Connection, job_pk: int, state: FileState | None = None, batch: int = 5000
 ) -> Iterator[tuple[str, int, datetime | None, str | None]]:
     """(path, state, updated_at, error) of a job's files, streamed with a server-side cursor."""
     with conn.cursor(name="job_files_listing") as cur:

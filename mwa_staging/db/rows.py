@@ -1,8 +1,14 @@
-"""Typed views of database rows shared by the queries and the status projection."""
+"""The typed rows and columns the database layer takes and gives.
+
+Everything a caller hands to a query or gets back from one is defined here, in
+the layer that owns the tables, so data flows down: the operator and the
+bridge build these values and pass them to ``mwa_staging.db``, never the other
+way round.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -64,3 +70,22 @@ class FailedFile:
 
     path: str
     error: str
+
+
+@dataclass
+class Arrivals:
+    """File arrivals as columns, the form the bridge's SQL takes (``errors[i]`` None: staged)."""
+
+    paths: list[str] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # epoch seconds
+
+
+@dataclass
+class MalformedRows:
+    """Messages kept in ``malformed_messages``, as columns."""
+
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from psycopg2.extensions import cursor as Cursor
 
+from mwa_staging.db.params import params
 from mwa_staging.db.rows import FailedFile, JobRow
 
 FAILED_SAMPLE_SIZE = 20
@@ -71,10 +72,10 @@ def dirty_jobs(cur: Cursor, *, min_interval_s: float, limit: int) -> list[int]:
     """
     cur.execute(
         "SELECT id FROM jobs WHERE version > projected_version"
-        " AND (projected_at IS NULL OR state IN ('complete', 'failed')"
-        "      OR projected_at <= now() - make_interval(secs => %s))"
-        " ORDER BY state IN ('complete', 'failed') DESC, projected_at NULLS FIRST LIMIT %s",
-        (min_interval_s, limit),
+        " AND (projected_at IS NULL OR state IN %(finished)s"
+        "      OR projected_at <= now() - make_interval(secs => %(interval)s))"
+        " ORDER BY state IN %(finished)s DESC, projected_at NULLS FIRST LIMIT %(limit)s",
+        params(interval=min_interval_s, limit=limit),
     )
     return [row[0] for row in cur.fetchall()]
 

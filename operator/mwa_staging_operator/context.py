@@ -1,9 +1,13 @@
 """Everything a handler or the scheduler needs, built once at start-up: the ``App``.
 
-Handlers receive it through kopf's ``memo``; plain modules receive it as an
-argument, so unit tests can hand them a fake. Blocking clients (psycopg2, the
-official Kubernetes client) run in their own bounded thread pools so that the
-event loop, shared by every job, never waits on I/O.
+Handlers receive it through kopf's ``memo``; the steps receive it as an
+argument typed :class:`mwa_staging_operator.services.Services` (which the App
+implements), so unit tests can hand them a fake. The App builds the scheduler,
+the scheduler runs the steps: none of them imports this module back.
+
+Blocking clients (psycopg2, the official Kubernetes client) run in their own
+bounded thread pools so that the event loop, shared by every job, never waits
+on I/O.
 """
 
 from __future__ import annotations
@@ -19,23 +23,22 @@ from typing import Any, TypeVar
 import httpx
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 
+from mwa_staging.db.completion import JOB_COMPLETED_CHANNEL
 from mwa_staging.db.migrate import migrate
 from mwa_staging.kube import StagingJobs, api_client
-from mwa_staging.projection import project_job
+from mwa_staging.projection import write_status
 from mwa_staging.scout import ScoutClient
 from mwa_staging.settings import Settings
 from mwa_staging_operator import metrics
-from mwa_staging_operator.db import Database
+from mwa_staging_operator.db_pool import DatabasePool
 from mwa_staging_operator.events import EventRecorder
 from mwa_staging_operator.listen import Listener
 from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+from mwa_staging_operator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: The channel the Kafka bridge NOTIFYs (payload: jobs.id) when it ends a job.
-NOTIFY_CHANNEL = "mwa_staging_jobs"
 
 
 class App:
@@ -43,7 +46,7 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.dsn(), settings.db_pool_size)
+        self.db = DatabasePool(settings.dsn(), settings.db_pool_size)
         self.kube_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kube")
         client = api_client(settings.kubeconfig, pool_maxsize=8)
         self.jobs = StagingJobs(client)
@@ -63,32 +66,32 @@ class App:
         self.projection_busy = False
         self.listener: Listener | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.scheduler: Scheduler | None = None  # built by start()
         self.scheduler_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Migrate the schema, start the listener, the event poster and the scheduler."""
-        from mwa_staging_operator.scheduler import Scheduler  # scheduler imports App's modules
-
         applied = await self.db.run_conn(migrate)
         if applied:
             log.info("applied migrations %s", applied)
         loop = asyncio.get_running_loop()
         self.listener = Listener(
             self.settings.dsn(),
-            NOTIFY_CHANNEL,
+            JOB_COMPLETED_CHANNEL,
             on_notify=lambda payload: loop.call_soon_threadsafe(self.wake),
         )
         self.listener.start()
         self._tasks.append(asyncio.create_task(self.events.run(), name="event poster"))
-        self.scheduler = Scheduler(self)
-        self.scheduler_task = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        scheduler = self.scheduler = Scheduler(self)
+        self.scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
 
     async def stop(self) -> None:
         """Stop background work and close the clients (kopf's cleanup)."""
-        if self.scheduler_task is not None:
+        if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.scheduler_task is not None:
             self.scheduler_task.cancel()
         for task in self._tasks:
             task.cancel()
@@ -118,15 +121,20 @@ class App:
     def wake_event(self) -> asyncio.Event:
         return self._wake
 
+    def forget_callback(self, job_pk: int) -> None:
+        """The job is being deleted: stop its callback attempt if one is in flight."""
+        if self.scheduler is not None:
+            self.scheduler.forget_callback(job_pk)
+
     async def kube(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking Kubernetes client call in the Kubernetes thread pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.kube_executor, lambda: fn(*args, **kwargs))
 
-    async def project(self, job_pk: int) -> None:
+    async def update_status(self, job_pk: int) -> None:
         """Write the job's status now; on contention or errors leave it to the sweep."""
         try:
-            outcome = await self.db.run_conn(lambda conn: project_job(conn, self.jobs, job_pk))
+            outcome = await self.db.run_conn(lambda conn: write_status(conn, self.jobs, job_pk))
         except Exception as exc:
             log.warning("status projection of job %s failed: %s", job_pk, type(exc).__name__)
             self.projection_busy = True

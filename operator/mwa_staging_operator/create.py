@@ -16,6 +16,11 @@ none                                   insert (duplicate check), then all below
 anything else                          nothing (re-project the status)
 =====================================  =========================================
 
+Each step is its own function: :func:`handle_create` inserts, then
+``_advance`` runs the callback allow-list check, the lookup (bounded by the
+deadline), the COPY of the files, and the stage calls (``_stage`` re-reads the
+row, ``_request_stage`` makes the calls and moves the cursor).
+
 Stage calls go in code-point order of the paths and, after each call Scout
 accepted, the last path of the call is recorded as ``jobs.stage_cursor``. So
 the database always knows which paths were requested: a resumed handler
@@ -43,21 +48,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
 
-from mwa_staging.callback import host_allowed
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.callback_client import host_allowed
+from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.db.rows import JobRow
 from mwa_staging.resolve import ResolveError, resolve_observation
 from mwa_staging.scout import ScoutError
 from mwa_staging.settings import Settings
-from mwa_staging.status import FAILURE_REASONS, Reason, ReturnCode
+from mwa_staging.vocabulary import FAILURE_REASONS, JobState, Reason, ReturnCode
 from mwa_staging_operator import filelists, metrics
-from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,14 @@ class JobEnded(Exception):
         self.state = state
 
 
+@dataclass(frozen=True)
+class _Found:
+    """The lookup's answer: the job's paths, and how long finding them took."""
+
+    paths: list[str]
+    seconds: float
+
+
 class RetryLater(Exception):
     """A temporary problem (the database): run the handler again after ``delay`` seconds."""
 
@@ -82,14 +96,14 @@ class RetryLater(Exception):
         self.delay = delay
 
 
-def new_job(body: Mapping[str, Any], settings: Settings) -> q.NewJob:
+def new_job(body: Mapping[str, Any], settings: Settings) -> jobs_queries.NewJob:
     """What is recorded for a StagingJob object, with the operator's defaults applied."""
     meta = body["metadata"]
     spec = body["spec"]
     callback = spec.get("callback") or {}
     secret = (callback.get("secretRef") or {}).get("name")
     ttl = spec.get("ttlSecondsAfterFinished")
-    return q.NewJob(
+    return jobs_queries.NewJob(
         uid=meta["uid"],
         namespace=meta["namespace"],
         name=meta["name"],
@@ -110,24 +124,20 @@ def unique_paths(files: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def ref_of(job: JobRow) -> ObjectRef:
-    return ObjectRef(job.namespace, job.name, job.uid)
-
-
-async def handle_create(app: App, body: Mapping[str, Any]) -> None:
+async def handle_create(app: Services, body: Mapping[str, Any]) -> None:
     """Take the job as far as it goes now (see the module's table)."""
     settings = app.settings
     new = new_job(body, settings)
     ref = ObjectRef(new.namespace, new.name, new.uid)
     try:
-        created = await app.db.run(lambda cur: q.create_job(cur, new))
+        created = await app.db.run(lambda cur: jobs_queries.create_job(cur, new))
     except psycopg2.Error as exc:
         raise RetryLater(f"database unavailable: {type(exc).__name__}") from exc
     job = created.job
     if created.duplicate_of is not None:
         metrics.JOBS_CREATED.labels("duplicate").inc()
         app.events.warning(ref, Reason.DUPLICATE_JOB_ID, job.message or "")
-        await app.project(job.id)
+        await app.update_status(job.id)
         return
     if created.created:
         metrics.JOBS_CREATED.labels("accepted").inc()
@@ -144,7 +154,7 @@ async def handle_create(app: App, body: Mapping[str, Any]) -> None:
 
 
 async def _fail(
-    app: App,
+    app: Services,
     job: JobRow,
     ref: ObjectRef,
     code: ReturnCode,
@@ -154,103 +164,139 @@ async def _fail(
 ) -> None:
     reason = FAILURE_REASONS[code]
     changed = await app.db.run(
-        lambda cur: q.fail_job(cur, job.id, int(code), reason, message, callback=callback)
+        lambda cur: jobs_queries.fail_job(
+            cur, job.id, int(code), reason, message, callback=callback
+        )
     )
     if changed:
         metrics.JOBS_CREATED.labels(f"failed_{int(code)}").inc()
         app.events.warning(ref, reason, f"return code {int(code)}: {message}")
-    await app.project(job.id)
+    await app.update_status(job.id)
     app.wake()
 
 
 async def _advance(
-    app: App, job: JobRow, body: Mapping[str, Any], ref: ObjectRef, *, new_row: bool
+    app: Services, job: JobRow, body: Mapping[str, Any], ref: ObjectRef, *, new_row: bool
 ) -> None:
-    settings = app.settings
-    spec = body["spec"]
-    if job.state == "resolving" and not host_allowed(
-        job.notify_url, settings.callback_allowed_hosts
-    ):
-        await _fail(
-            app,
-            job,
-            ref,
-            ReturnCode.UNEXPECTED,
-            "the callback URL's host is not among the operator's allowed callback hosts",
-            callback=False,
-        )
-        return
-
+    """Run the steps the row's state still needs (the module's table), in order."""
     paths: list[str] | None = None
-    if job.state == "resolving":
+    if job.state == JobState.RESOLVING:
+        if not await _callback_host_allowed(app, job, ref):
+            return
         if new_row:
-            await app.project(job.id)  # show Resolving while the lookup runs
-        started = time.monotonic()
-        try:
-            paths = await asyncio.wait_for(_resolve(app, job, spec), _until_deadline(job))
-        except ResolveError as exc:
-            await _fail(app, job, ref, exc.code, exc.message)
+            await app.update_status(job.id)  # show Resolving while the lookup runs
+        found = await _lookup(app, job, body["spec"], ref)
+        if found is None:
             return
-        except TimeoutError:
-            # The deadline passed during the lookup: the scheduler times the job
-            # out (code 10, callback); the handler has nothing left to do.
-            log.info("job %s (%s/%s): deadline passed while resolving", *_ids(job, ref))
-            app.wake()
-            return
-        resolved = time.monotonic()
-        recorded = await app.db.run(lambda cur: q.record_files(cur, job.id, paths or []))
-        log.info(
-            "job %s (%s/%s): %d files resolved in %.2f s, recorded in %.2f s",
-            job.job_id,
-            ref.namespace,
-            ref.name,
-            len(paths),
-            resolved - started,
-            time.monotonic() - resolved,
-        )
-        if recorded:
-            metrics.FILES_RESOLVED.inc(len(paths))
-            app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
-            await app.project(job.id)
-        else:
-            paths = None
+        paths = await _record_files(app, job, ref, found)
+    await _stage(app, job, ref, paths)
 
-    current = await app.db.run(lambda cur: q.get_job(cur, job.id))
-    if current is None or current.state != "staging" or current.stage_requested_at is not None:
-        await app.project(job.id)
+
+async def _callback_host_allowed(app: Services, job: JobRow, ref: ObjectRef) -> bool:
+    """The allow-list check: a job whose callback may not be sent fails at once (199)."""
+    if host_allowed(job.notify_url, app.settings.callback_allowed_hosts):
+        return True
+    await _fail(
+        app,
+        job,
+        ref,
+        ReturnCode.UNEXPECTED,
+        "the callback URL's host is not among the operator's allowed callback hosts",
+        callback=False,
+    )
+    return False
+
+
+async def _lookup(
+    app: Services, job: JobRow, spec: Mapping[str, Any], ref: ObjectRef
+) -> _Found | None:
+    """The job's paths, waiting no longer than its deadline; None when the job ended."""
+    started = time.monotonic()
+    try:
+        paths = await asyncio.wait_for(_resolve(app, job, spec), _until_deadline(job))
+    except ResolveError as exc:
+        await _fail(app, job, ref, exc.code, exc.message)
+        return None
+    except TimeoutError:
+        # The deadline passed during the lookup: the scheduler times the job
+        # out (code 10, callback); the handler has nothing left to do.
+        log.info("job %s (%s/%s): deadline passed while resolving", *_ids(job, ref))
+        app.wake()
+        return None
+    return _Found(paths, time.monotonic() - started)
+
+
+async def _record_files(
+    app: Services, job: JobRow, ref: ObjectRef, found: _Found
+) -> list[str] | None:
+    """COPY the files and move the job to ``staging``; None if an earlier run had done it."""
+    paths = found.paths
+    started = time.monotonic()
+    recorded = await app.db.run(lambda cur: jobs_queries.record_files(cur, job.id, paths))
+    log.info(
+        "job %s (%s/%s): %d files resolved in %.2f s, recorded in %.2f s",
+        *_ids(job, ref),
+        len(paths),
+        found.seconds,
+        time.monotonic() - started,
+    )
+    if not recorded:
+        return None
+    metrics.FILES_RESOLVED.inc(len(paths))
+    app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
+    await app.update_status(job.id)
+    return paths
+
+
+async def _stage(app: Services, job: JobRow, ref: ObjectRef, paths: list[str] | None) -> None:
+    """Stage what Scout has not accepted yet, if the job (re-read now) still needs it.
+
+    ``paths`` are the files this run recorded; None means a resumed run, which
+    stages the pending paths beyond the stage cursor.
+    """
+    current = await app.db.run(lambda cur: status_queries.get_job(cur, job.id))
+    if (
+        current is None
+        or current.state != JobState.STAGING
+        or current.stage_requested_at is not None
+    ):
+        await app.update_status(job.id)
         return
     if paths is None:  # resumed after a restart: what Scout has not accepted yet
-        paths = await app.db.run(lambda cur: q.unrequested_paths(cur, job.id))
+        paths = await app.db.run(lambda cur: jobs_queries.unrequested_paths(cur, job.id))
     else:  # stage order is code-point order, so that the stage cursor means something
         paths = sorted(paths)
+    await _request_stage(app, current, ref, paths)
+
+
+async def _request_stage(app: Services, job: JobRow, ref: ObjectRef, paths: list[str]) -> None:
+    """The stage calls, moving the stage cursor after each; then record the stage."""
     accepted = 0
 
     async def on_accepted(part: Sequence[str]) -> None:
         nonlocal accepted
         last = part[-1]
-        state = await app.db.run(lambda cur: q.record_stage_progress(cur, job.id, last))
+        state = await app.db.run(lambda cur: jobs_queries.record_stage_progress(cur, job.id, last))
         accepted += len(part)
-        if state != "staging":
+        if state != JobState.STAGING:
             raise JobEnded(state)
 
     started = time.monotonic()
     try:
         calls = await app.scout.stage(
-            paths, str(current.job_id), settings.kafka_topic, on_accepted=on_accepted
+            paths, str(job.job_id), app.settings.kafka_topic, on_accepted=on_accepted
         )
     except JobEnded as ended:
         # Timed out (or deleted) while staging: what was staged is cancelled by
         # the scheduler (record_stage_progress scheduled it); nothing more to do.
         log.info(
             "job %s (%s/%s) ended (%s) while staging; %d of %d files had been requested",
-            current.job_id,
-            ref.namespace,
-            ref.name,
+            *_ids(job, ref),
             ended.state or "deleted",
             accepted,
             len(paths),
         )
-        await app.project(job.id)
+        await app.update_status(job.id)
         app.wake()
         return
     except ScoutError as exc:
@@ -260,24 +306,22 @@ async def _advance(
                 f"; {accepted} of {len(paths)} files had been requested from the archive"
                 " and are being cancelled"
             )
-        await _fail(app, current, ref, ReturnCode.STAGE_FAILED, message)
+        await _fail(app, job, ref, ReturnCode.STAGE_FAILED, message)
         return
     log.info(
         "job %s (%s/%s): %d files staged in %d call(s) in %.2f s",
-        current.job_id,
-        ref.namespace,
-        ref.name,
+        *_ids(job, ref),
         len(paths),
         calls,
         time.monotonic() - started,
     )
-    await app.db.run(lambda cur: q.mark_stage_requested(cur, job.id))
+    await app.db.run(lambda cur: jobs_queries.mark_stage_requested(cur, job.id))
     app.events.normal(
         ref,
         Reason.STAGE_REQUESTED,
         f"asked the archive to stage {len(paths)} files in {calls} call(s)",
     )
-    await app.project(job.id)
+    await app.update_status(job.id)
     app.wake()  # the first restage pass is now scheduled
 
 
@@ -293,7 +337,7 @@ def _ids(job: JobRow, ref: ObjectRef) -> tuple[int, str, str]:
     return job.job_id, ref.namespace, ref.name
 
 
-async def _resolve(app: App, job: JobRow, spec: Mapping[str, Any]) -> list[str]:
+async def _resolve(app: Services, job: JobRow, spec: Mapping[str, Any]) -> list[str]:
     if spec.get("filesFrom"):
         return await filelists.load(app, job.namespace, spec["filesFrom"], job.created_at)
     files = spec.get("files")

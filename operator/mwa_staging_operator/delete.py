@@ -21,18 +21,19 @@ import logging
 from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.kube import GROUP, PLURAL, VERSION
 from mwa_staging.scout import ScoutError
-from mwa_staging_operator.context import App
+from mwa_staging.vocabulary import UNFINISHED_STATES, Reason
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
 
-async def handle_delete(app: App, ref: ObjectRef) -> None:
+async def handle_delete(app: Services, ref: ObjectRef) -> None:
     """The finalizer's work for one StagingJob (idempotent)."""
-    job = await app.db.run(lambda cur: q.get_job_by_uid(cur, ref.uid))
+    job = await app.db.run(lambda cur: status_queries.get_job_by_uid(cur, ref.uid))
     if job is None:
         return
     # Retire first, then stop an attempt in flight: once retire_job committed no
@@ -40,21 +41,22 @@ async def handle_delete(app: App, ref: ObjectRef) -> None:
     # has had its task started by then (the claim and the start happen in one
     # step of the scheduler) and is cancelled here. The other order left a gap
     # in which a pass could claim, and send, the callback of a deleted job.
-    before = await app.db.run(lambda cur: q.retire_job(cur, job.id))
-    app.scheduler.forget_callback(job.id)
-    if before is not None and before.live and before.state in q.ACTIVE_STATES:
-        paths = await app.db.run(lambda cur: q.cancel_candidates(cur, job.id))
+    before = await app.db.run(lambda cur: jobs_queries.retire_job(cur, job.id))
+    app.forget_callback(job.id)
+    if before is not None and before.live and before.state in UNFINISHED_STATES:
+        paths = await app.db.run(lambda cur: jobs_queries.cancel_candidates(cur, job.id))
         if paths:
             try:
                 await app.scout.cancel(paths, str(job.job_id), app.settings.kafka_topic)
                 log.info("cancelled %d pending path(s) of deleted job %s", len(paths), job.job_id)
             except ScoutError as exc:
                 log.warning("cancel for deleted job %s failed: %s", job.job_id, exc)
-                app.events.warning(ref, "CancelFailed", f"cancelling pending files failed: {exc}")
-    await app.db.run(lambda cur: q.delete_job(cur, job.id))
+                failed = f"cancelling pending files failed: {exc}"
+                app.events.warning(ref, Reason.CANCEL_FAILED, failed)
+    await app.db.run(lambda cur: jobs_queries.delete_job(cur, job.id))
 
 
-async def delete_expired(app: App, claim: q.Claim) -> None:
+async def delete_expired(app: Services, claim: jobs_queries.Claim) -> None:
     """Delete the StagingJob whose TTL after finishing has passed."""
     options = V1DeleteOptions(preconditions=V1Preconditions(uid=claim.uid))
     try:
@@ -71,7 +73,7 @@ async def delete_expired(app: App, claim: q.Claim) -> None:
         log.info("deleted StagingJob %s/%s (ttlSecondsAfterFinished)", claim.namespace, claim.name)
     except ApiException as exc:
         if exc.status in (404, 409):  # gone, or the name now belongs to another object
-            await app.db.run(lambda cur: q.delete_job(cur, claim.job_pk))
+            await app.db.run(lambda cur: jobs_queries.delete_job(cur, claim.job_pk))
         else:
             log.warning(
                 "deleting StagingJob %s/%s failed: HTTP %s (will retry)",
@@ -81,9 +83,11 @@ async def delete_expired(app: App, claim: q.Claim) -> None:
             )
 
 
-async def handle_ttl_change(app: App, ref: ObjectRef, ttl: int | None, generation: int) -> None:
+async def handle_ttl_change(
+    app: Services, ref: ObjectRef, ttl: int | None, generation: int
+) -> None:
     """spec.ttlSecondsAfterFinished changed (the one mutable field): reschedule the deletion."""
-    job_pk = await app.db.run(lambda cur: q.set_ttl(cur, ref.uid, ttl, generation))
+    job_pk = await app.db.run(lambda cur: jobs_queries.set_ttl(cur, ref.uid, ttl, generation))
     if job_pk is not None:
-        await app.project(job_pk)
+        await app.update_status(job_pk)
         app.wake()

@@ -22,8 +22,8 @@ from kubernetes.client.exceptions import ApiException
 
 from mwa_staging.filelists import LABEL, FileListError, read_all
 from mwa_staging.resolve import ResolveError
-from mwa_staging.status import ReturnCode
-from mwa_staging_operator.context import App
+from mwa_staging.vocabulary import ReturnCode
+from mwa_staging_operator.services import Services
 
 #: Pause between two looks for a ConfigMap that does not exist yet.
 POLL_SECONDS = 0.1
@@ -35,7 +35,7 @@ def names_of(files_from: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 async def load(
-    app: App, namespace: str, files_from: Sequence[Mapping[str, Any]], created: datetime
+    app: Services, namespace: str, files_from: Sequence[Mapping[str, Any]], created: datetime
 ) -> list[str]:
     """The job's paths, each once; :class:`ResolveError` (code 199 or 101) when unusable.
 
@@ -61,7 +61,7 @@ async def load(
     return paths
 
 
-async def _get(app: App, namespace: str, name: str, waited_since: float) -> dict[str, Any]:
+async def _get(app: Services, namespace: str, name: str, waited_since: float) -> dict[str, Any]:
     """The ConfigMap as a dict; waited for while missing or unlabelled, until the deadline.
 
     Past the deadline an unlabelled one is returned (and refused by the reader,

@@ -1,12 +1,12 @@
-"""PostgreSQL LISTEN in a thread: the bridge's NOTIFY wakes the scheduler at once.
+"""PostgreSQL LISTEN in a thread: a completed job's NOTIFY wakes the scheduler at once.
 
-When the Kafka bridge ends a job it sends ``NOTIFY mwa_staging_jobs, '<id>'``
-in the same transaction; the scheduler must then send the callback. Listening
-costs one idle connection and nothing per job, which is what lets the
-operator sleep until the next due time instead of polling. After a lost
-connection the listener reconnects and calls ``on_notify`` once, because
-notifications sent while it was away are gone (the scheduler then re-reads
-the due times, so nothing is missed).
+The transaction that completes a job (the bridge's, or a restage pass's) sends
+``NOTIFY mwa_staging_jobs, '<id>'`` (:mod:`mwa_staging.db.completion`); the
+scheduler must then send the callback. Listening costs one idle connection
+and nothing per job, which is what lets the operator sleep until the next due
+time instead of polling. After a lost connection the listener reconnects and
+calls ``on_notify`` once, because notifications sent while it was away are
+gone (the scheduler then re-reads the due times, so nothing is missed).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ import psycopg2
 from psycopg2 import sql
 
 from mwa_staging.db.connect import connect
+from mwa_staging.retry import Backoff
 
 log = logging.getLogger(__name__)
+
+#: Pauses before reconnecting after the LISTEN connection was lost.
+RECONNECT_BACKOFF = Backoff(1.0, 30.0)
 
 
 class Listener(threading.Thread):
@@ -47,16 +51,17 @@ class Listener(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        backoff = 1.0
+        delays = RECONNECT_BACKOFF.delays()
         while not self._stopping.is_set():
             conn = None
+            problem: str | None = None
             try:
                 conn = connect(self._dsn, application_name="mwa-staging-operator-listen")
                 conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 self.connected = True
-                backoff = 1.0
+                delays.reset()
                 self._on_notify("")  # catch up on whatever happened while not listening
                 while not self._stopping.is_set():
                     ready, _, _ = select.select([conn], [], [], self._poll)
@@ -67,17 +72,15 @@ class Listener(threading.Thread):
                         note = conn.notifies.pop(0)
                         self._on_notify(note.payload)
             except (psycopg2.Error, OSError) as exc:
-                if not self._stopping.is_set():
-                    log.warning(
-                        "LISTEN %s lost (%s); reconnecting in %.0f s",
-                        self._channel,
-                        type(exc).__name__,
-                        backoff,
-                    )
+                problem = type(exc).__name__
             finally:
                 self.connected = False
                 if conn is not None:
                     with contextlib.suppress(psycopg2.Error):
                         conn.close()
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+            pause = next(delays)
+            if problem is not None and not self._stopping.is_set():
+                log.warning(
+                    "LISTEN %s lost (%s); reconnecting in %.0f s", self._channel, problem, pause
+                )
+            self._stopping.wait(pause)

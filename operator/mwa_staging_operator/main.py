@@ -1,10 +1,11 @@
 """The operator's entry point: every kopf decorator and the start-up settings, nothing else.
 
 The handlers are thin: each hands the object to a plain module (``create``,
-``delete``...) that unit tests call without a cluster. Long-lived delayed work
-(deadlines, restages, callbacks, TTL) is not done with per-object kopf timers
-but by the one scheduler task the start-up handler launches (see
-``scheduler``).
+``delete``...) written against :class:`~mwa_staging_operator.services.Services`,
+which unit tests call with a fake App, without a cluster (tests/unit/test_steps.py).
+Long-lived delayed work (deadlines, restages, callbacks, TTL) is not done with
+per-object kopf timers but by the one scheduler task the start-up handler
+launches (see ``scheduler``).
 
 kopf settings, and why:
 
@@ -36,8 +37,8 @@ from mwa_staging_operator import create, delete
 from mwa_staging_operator.context import App, Runtime
 from mwa_staging_operator.events import ObjectRef
 
-PREFIX = "staging.mwatelescope.org"
-FINALIZER = f"{PREFIX}/finalizer"
+#: kopf's finalizer; its annotations use the API group (``kube.GROUP``) as their prefix too.
+FINALIZER = f"{GROUP}/finalizer"
 #: Spec fields left out of kopf's last-handled-configuration (immutable, possibly huge).
 DIFFBASE_IGNORED = [
     "spec.files",
@@ -67,9 +68,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.standalone = True
     settings.scanning.disabled = True
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration", ignored_fields=DIFFBASE_IGNORED
+        prefix=GROUP, key="last-handled-configuration", ignored_fields=DIFFBASE_IGNORED
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 600

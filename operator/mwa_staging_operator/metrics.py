@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from mwa_staging.status import Phase
+from mwa_staging.vocabulary import PHASE_OF_STATE
 
 JOBS_REFRESH_SECONDS = 15.0
 
@@ -47,14 +47,6 @@ SCHEDULER_PASSES = Counter(
     "mwa_staging_operator_scheduler_passes_total", "Passes of the scheduler loop."
 )
 
-_STATE_TO_PHASE = {
-    "pending": Phase.PENDING,
-    "resolving": Phase.RESOLVING,
-    "staging": Phase.STAGING,
-    "complete": Phase.COMPLETE,
-    "failed": Phase.FAILED,
-}
-
 
 def observe_scout(endpoint: str, outcome: str, seconds: float) -> None:
     """The Scout client's observer."""
@@ -64,5 +56,5 @@ def observe_scout(endpoint: str, outcome: str, seconds: float) -> None:
 
 def set_job_counts(counts: dict[str, int]) -> None:
     """Refresh the jobs-by-phase gauge (every phase present, zero included)."""
-    for state, phase in _STATE_TO_PHASE.items():
+    for state, phase in PHASE_OF_STATE.items():
         JOBS.labels(phase.value).set(counts.get(state, 0))

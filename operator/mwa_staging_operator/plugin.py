@@ -23,11 +23,15 @@ import kubernetes
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.db.connect import connect
 from mwa_staging.kube import GROUP, PLURAL, VERSION, api_client
 from mwa_staging.settings import Settings
 from mwa_staging.status import timestamp
+from mwa_staging.vocabulary import FileState
+
+#: How the listing names each file state (``--state`` takes the same words).
+FILE_STATE_NAMES = {int(s): s.name.lower() for s in FileState}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,7 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     files = sub.add_parser("files", help="list a job's files with their state, time and error")
     files.add_argument("name", help="the StagingJob's name")
     files.add_argument("-n", "--namespace", help="its namespace (default: the context's)")
-    files.add_argument("--state", choices=sorted(q.FILE_STATES), help="only files in this state")
+    files.add_argument(
+        "--state", choices=sorted(FILE_STATE_NAMES.values()), help="only files in this state"
+    )
     files.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG)")
     files.add_argument("--no-headers", action="store_true", help="do not print the header line")
     return parser.parse_args(argv)
@@ -55,7 +61,7 @@ def current_namespace(kubeconfig: str | None) -> str:
 
 
 def format_row(path: str, state: int, when: object, error: str | None) -> str:
-    state_name = q.FILE_STATE_NAMES.get(state, str(state))
+    state_name = FILE_STATE_NAMES.get(state, str(state))
     stamp = timestamp(when) if when is not None else "-"  # type: ignore[arg-type]
     line = f"{state_name:<8} {stamp or '-':<20} {path}"
     if error:
@@ -85,17 +91,17 @@ def list_files(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     try:
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
-            job = q.get_job_by_uid(cur, uid)
+            job = status_queries.get_job_by_uid(cur, uid)
         if job is None:
             print(
                 f"Error: the operator has not recorded stagingjob {args.name} (yet)",
                 file=sys.stderr,
             )
             return 1
-        state = q.FILE_STATES[args.state] if args.state else None
+        state = FileState[args.state.upper()] if args.state else None
         if not args.no_headers:
             out.write(f"{'STATE':<8} {'TIME':<20} PATH  ERROR\n")
-        for path, file_state, updated, error in q.iter_files(conn, job.id, state):
+        for path, file_state, updated, error in jobs_queries.iter_files(conn, job.id, state):
             out.write(format_row(path, file_state, updated, error) + "\n")
         conn.rollback()
     finally:

@@ -1,7 +1,7 @@
 """The self-healing pass: files still without news are checked in the archive.
 
 Kafka messages can be lost, and a file already on disk when staged may never
-get one (CONTRACTS.md section 2). Every ``restageIntervalSeconds`` a staging
+get one (docs/contracts.md, "Kafka notifications"). Every ``restageIntervalSeconds`` a staging
 job's pending files are looked up with Scout's file status: those on disk are
 recorded as ready (which may complete the job), the others are staged again.
 Staging twice is harmless, so the worst a needless pass costs is Scout calls.
@@ -17,11 +17,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.scout import ScoutClient, ScoutError
+from mwa_staging.vocabulary import JobState, Reason
 from mwa_staging_operator import metrics
-from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ async def split_on_disk(
     return on_disk, offline
 
 
-async def restage(app: App, claim: q.Claim) -> None:
+async def restage(app: Services, claim: jobs_queries.Claim) -> None:
     """One restage pass over one job."""
     ref = ObjectRef(claim.namespace, claim.name, claim.uid)
-    paths = await app.db.run(lambda cur: q.pending_paths(cur, claim.job_pk))
+    paths = await app.db.run(lambda cur: jobs_queries.pending_paths(cur, claim.job_pk))
     if not paths:
         return
     try:
@@ -69,26 +70,28 @@ async def restage(app: App, claim: q.Claim) -> None:
         )
     except ScoutError as exc:
         log.warning("restage pass of job %s stopped: %s", claim.job_id, exc)
-        app.events.warning(ref, "RestageFailed", f"restage pass stopped: {exc}")
+        app.events.warning(ref, Reason.RESTAGE_FAILED, f"restage pass stopped: {exc}")
         return
-    marked, completed = await app.db.run(lambda cur: q.mark_files_ready(cur, claim.job_pk, on_disk))
+    marked, completed = await app.db.run(
+        lambda cur: jobs_queries.mark_files_ready(cur, claim.job_pk, on_disk)
+    )
     metrics.RESTAGED_FILES.labels("on_disk").inc(marked)
     restaged = 0
     if not completed and offline:
-        job = await app.db.run(lambda cur: q.get_job(cur, claim.job_pk))
-        if job is not None and job.state == "staging":
+        job = await app.db.run(lambda cur: status_queries.get_job(cur, claim.job_pk))
+        if job is not None and job.state == JobState.STAGING:
             try:
                 await app.scout.stage(offline, str(claim.job_id), app.settings.kafka_topic)
                 restaged = len(offline)
             except ScoutError as exc:
-                app.events.warning(ref, "RestageFailed", f"staging again failed: {exc}")
+                app.events.warning(ref, Reason.RESTAGE_FAILED, f"staging again failed: {exc}")
     metrics.RESTAGED_FILES.labels("restaged").inc(restaged)
     app.events.normal(
         ref,
-        "Restaged",
+        Reason.RESTAGED,
         f"{marked} file(s) found on disk without a message, {restaged} staged again",
     )
     if marked:
-        await app.project(claim.job_pk)
+        await app.update_status(claim.job_pk)
     if completed:
         app.wake()

@@ -6,8 +6,8 @@ database -- deadlines, restage passes, callbacks, cancels, TTL deletions, each
 the head of a partial index -- does what is due, and sleeps until the next due
 time. It wakes early when:
 
-* a handler changed something (``App.wake``, e.g. a job failed: callback due);
-* the Kafka bridge ended a job (PostgreSQL ``NOTIFY mwa_staging_jobs``);
+* a handler changed something (``Services.wake``, e.g. a job failed: callback due);
+* a job completed (PostgreSQL ``NOTIFY mwa_staging_jobs``, see ``mwa_staging.db.completion``);
 * a task it started finished (a free slot may let more work start);
 
 and in any case after ``scheduler_max_sleep_seconds`` (a safety net: a missed
@@ -28,12 +28,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.db import jobs_queries
 from mwa_staging.db.rows import JobRow
 from mwa_staging.observability import RateLimitedLog
-from mwa_staging.projection import project_dirty
-from mwa_staging_operator import callbacks, deadline, delete, metrics, restage
-from mwa_staging_operator.context import App
+from mwa_staging.projection import write_dirty_statuses
+from mwa_staging_operator import callback_delivery, deadline, delete, metrics, restage
+from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ SWEEP_AFTER_SECONDS = 5.0
 
 
 def sleep_seconds(
-    due: q.DueTimes,
+    due: jobs_queries.DueTimes,
     max_sleep: float,
     *,
     callbacks_blocked: bool = False,
@@ -126,7 +126,7 @@ class Lane:
 class Scheduler:
     """Runs :meth:`run` as one task from the operator's start-up to its cleanup."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Services) -> None:
         self.app = app
         s = app.settings
         self.callbacks = Lane("callback", s.callback_concurrency, app.wake)
@@ -169,32 +169,38 @@ class Scheduler:
 
         if self.cancels.free:
             for claim in await app.db.run(
-                lambda cur: q.claim_cancels(cur, self.cancels.free, s.cancel_retry_seconds)
+                lambda cur: jobs_queries.claim_cancels(
+                    cur, self.cancels.free, s.cancel_retry_seconds
+                )
             ):
                 self.cancels.start(claim.job_pk, deadline.cancel_pending(app, claim))
 
         if self.restages.free:
-            for claim in await app.db.run(lambda cur: q.claim_restages(cur, self.restages.free)):
+            for claim in await app.db.run(
+                lambda cur: jobs_queries.claim_restages(cur, self.restages.free)
+            ):
                 self.restages.start(claim.job_pk, restage.restage(app, claim))
 
         budget = min(self.callbacks.free, app.limiter.available(), s.scheduler_batch)
         if budget:
-            lease = callbacks.lease_seconds(app)
-            rows: list[JobRow] = await app.db.run(lambda cur: q.claim_callbacks(cur, budget, lease))
+            lease = callback_delivery.lease_seconds(app)
+            rows: list[JobRow] = await app.db.run(
+                lambda cur: jobs_queries.claim_callbacks(cur, budget, lease)
+            )
             for job in rows:
                 app.limiter.take()
-                self.callbacks.start(job.id, callbacks.attempt(app, job))
+                self.callbacks.start(job.id, callback_delivery.attempt(app, job))
 
         if self.deletions.free:
             for claim in await app.db.run(
-                lambda cur: q.claim_ttl_deletes(cur, self.deletions.free, 300.0)
+                lambda cur: jobs_queries.claim_ttl_deletes(cur, self.deletions.free, 300.0)
             ):
                 self.deletions.start(claim.job_pk, delete.delete_expired(app, claim))
 
         retry_soon = await self._sweep()
         await self._refresh_counts()
 
-        due = await app.db.run(q.due_times)
+        due = await app.db.run(jobs_queries.due_times)
         sleep = sleep_seconds(
             due,
             s.scheduler_max_sleep_seconds,
@@ -218,7 +224,9 @@ class Scheduler:
         interval = 0.0 if busy else SWEEP_AFTER_SECONDS
         try:
             await app.db.run_conn(
-                lambda conn: project_dirty(conn, app.jobs, min_interval_s=interval, limit=100)
+                lambda conn: write_dirty_statuses(
+                    conn, app.jobs, min_interval_s=interval, limit=100
+                )
             )
         except Exception as exc:
             self._rlog.warning("sweep", "status sweep failed: %s", type(exc).__name__)
@@ -230,5 +238,5 @@ class Scheduler:
         if now - self._counts_at < metrics.JOBS_REFRESH_SECONDS:
             return
         self._counts_at = now
-        counts = await self.app.db.run(q.counts_by_state)
+        counts = await self.app.db.run(jobs_queries.counts_by_state)
         metrics.set_job_counts(counts)

@@ -1,4 +1,4 @@
-"""The simulators of CONTRACTS.md behave as the contracts say.
+"""The simulators of docs/contracts.md behave as the contracts say.
 
 Two levels:
 
@@ -825,7 +825,7 @@ def test_publisher_rides_out_a_broker_restart(stack: Any, env: dict[str, str]) -
 
 
 def path_rule(filename: str, entry: dict[str, Any]) -> str:
-    """CONTRACTS.md section 3, applied to one body entry (the test's own reading)."""
+    """docs/contracts.md (data_files lookup), applied to one body entry (the test's own reading)."""
     segments = ["mwa"]
     if entry["bucket"]:
         segments.append(entry["bucket"])

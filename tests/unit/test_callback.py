@@ -12,7 +12,7 @@ import httpx
 import pytest
 from mwa_staging_operator.ratelimit import SlidingWindowLimiter
 
-from mwa_staging.callback import (
+from mwa_staging.callback_client import (
     after_failure,
     backoff_seconds,
     host_allowed,

@@ -1,4 +1,4 @@
-"""Parsing Banksia's Kafka messages (CONTRACTS.md §2): every valid and malformed kind."""
+"""Parsing Banksia's Kafka messages (docs/contracts.md): every valid and malformed kind."""
 
 from __future__ import annotations
 

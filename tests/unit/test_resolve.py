@@ -1,4 +1,4 @@
-"""Path rules and query parameters of the data_files lookup (CONTRACTS.md section 3)."""
+"""Path rules and query parameters of the data_files lookup (docs/contracts.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from mwa_staging.resolve import (
     resolve_observation,
 )
 from mwa_staging.settings import Settings
-from mwa_staging.status import ReturnCode
+from mwa_staging.vocabulary import ReturnCode
 
 
 @pytest.mark.parametrize(

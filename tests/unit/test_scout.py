@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 import httpx
 import pytest
 
-from mwa_staging.scout import ScoutClient, ScoutError, backoff_delays, chunks
+from mwa_staging.retry import Backoff
+from mwa_staging.scout import ScoutClient, ScoutError, chunks
 from mwa_staging.settings import Settings
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -108,7 +109,7 @@ def run(coro: object) -> object:
 
 def test_chunks_and_backoff() -> None:
     assert [list(c) for c in chunks(["a", "b", "c"], 2)] == [["a", "b"], ["c"]]
-    delays = backoff_delays(1.0, 4.0)
+    delays = Backoff(1.0, 4.0).delays()
     assert [next(delays) for _ in range(5)] == [1.0, 2.0, 4.0, 4.0, 4.0]
 
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from mwa_staging_operator.create import new_job, unique_paths
 
 from mwa_staging import status
-from mwa_staging.db.jobs_queries import completion_message
 from mwa_staging.db.rows import FailedFile
 from mwa_staging.settings import Settings
 from tests.unit.test_callback import job_row
@@ -31,7 +30,7 @@ def test_staging_row() -> None:
         ready_files=1,
         error_files=0,
     )
-    body = status.project(row, [])
+    body = status.status_for(row, [])
     assert body["phase"] == "Staging" and body["progress"] == "1/3"
     conds = conditions(row)
     assert conds["Resolved"]["status"] == "True"
@@ -42,7 +41,7 @@ def test_staging_row() -> None:
 
 def test_complete_with_errors_and_failing_callback() -> None:
     row = job_row(callback_attempts=2, callback_last_error="HTTP 500", callback_next_attempt=T1)
-    body = status.project(row, [FailedFile("p", "no valid copies")])
+    body = status.status_for(row, [FailedFile("p", "no valid copies")])
     assert body["phase"] == "Complete" and body["returnCode"] == 5
     assert body["failedFiles"] == [{"path": "p", "error": "no valid copies"}]
     assert body["callback"]["attempts"] == 2 and body["callback"]["lastError"] == "HTTP 500"
@@ -81,11 +80,6 @@ def test_delivered_and_duplicate() -> None:
     conds = conditions(dup)
     assert conds["Failed"]["reason"] == "DuplicateJobId"
     assert conds["CallbackDelivered"]["reason"] == "NoCallback"
-
-
-def test_completion_message_matches_the_bridge() -> None:
-    assert completion_message(3, 3, 0) == "3 of 3 files staged"
-    assert completion_message(3, 2, 1) == "2 staged, 1 failed"
 
 
 def test_new_job_defaults_and_overrides() -> None:

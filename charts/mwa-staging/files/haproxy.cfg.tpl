@@ -4,7 +4,7 @@ the HAProxy ConfigMap (templates/haproxy.yaml) and the local development stack
 renders the same template with loopback values (haproxy.bindAddress,
 haproxy.tls.certFile, scout.backendTls.caFile, scout.nodes).
 
-Settings from CONTRACTS.md section 1: round robin over the Scout nodes,
+Settings from docs/contracts.md (Scout API): round robin over the Scout nodes,
 retries 3, option redispatch, timeout connect 4s, client 30s, server 30s.
 The Scout API has no health endpoint: the active check asks for the cache state
 (GET /v1/fscache), which a live node answers with 200, or 401 without a token.

@@ -1,7 +1,7 @@
 """The operator's PostgreSQL access: a few connections used from a dedicated thread pool.
 
 psycopg2 blocks, and kopf runs every handler on one event loop, so each
-database step runs in a worker thread (``Database.run``) and the loop stays free.
+database step runs in a worker thread (``DatabasePool.run``) and the loop stays free.
 The pool is small and fixed (``db_pool_size`` threads and connections): with
 thousands of jobs the database work is many short transactions, and a bounded
 pool keeps the load on PostgreSQL bounded too. A connection that failed is
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Database:
+class DatabasePool:
     """``await db.run(fn)`` runs ``fn(cursor)`` in one transaction in a worker thread."""
 
     def __init__(self, dsn: str, size: int, *, application_name: str = "mwa-staging-operator"):

@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from mwa_staging.callback import Delivery, after_failure, payload_for, send
-from mwa_staging.db import jobs_queries as q
+from mwa_staging.callback_client import Delivery, after_failure, payload_for, send
+from mwa_staging.db import jobs_queries
 from mwa_staging.db.rows import JobRow
-from mwa_staging.status import Reason
+from mwa_staging.vocabulary import JobState, Reason
 from mwa_staging_operator import metrics
-from mwa_staging_operator.context import App
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ class CredentialsError(Exception):
     """The callback's Basic-auth credentials could not be read."""
 
 
-def lease_seconds(app: App) -> float:
+def lease_seconds(app: Services) -> float:
     return app.settings.callback_timeout_seconds + LEASE_MARGIN_SECONDS
 
 
-async def credentials(app: App, job: JobRow) -> tuple[str, str]:
+async def credentials(app: Services, job: JobRow) -> tuple[str, str]:
     """(username, password): from ``spec.callback.secretRef`` or the operator's defaults."""
     if not job.callback_secret:
         return app.settings.result_username, app.settings.result_password.get_secret_value()
@@ -78,14 +78,14 @@ async def credentials(app: App, job: JobRow) -> tuple[str, str]:
     return username, password
 
 
-async def attempt(app: App, job: JobRow) -> None:
+async def attempt(app: Services, job: JobRow) -> None:
     """Make the attempt ``job.callback_attempts`` (already claimed) and record its outcome."""
     settings = app.settings
     ref = ObjectRef(job.namespace, job.name, job.uid)
     number = job.callback_attempts
-    if number == 1 and job.state == "complete":
+    if number == 1 and job.state == JobState.COMPLETE:
         # The bridge ends jobs; the operator hears of it here, first.
-        app.events.normal(ref, "Complete", job.message or "")
+        app.events.normal(ref, Reason.COMPLETE, job.message or "")
     try:
         username, password = await credentials(app, job)
     except CredentialsError as exc:
@@ -101,7 +101,7 @@ async def attempt(app: App, job: JobRow) -> None:
         )
     if delivery.delivered:
         await app.db.run(
-            lambda cur: q.record_callback_result(
+            lambda cur: jobs_queries.record_callback_result(
                 cur, job.id, number, delivered=True, http_status=delivery.http_status, error=None
             )
         )
@@ -117,7 +117,7 @@ async def attempt(app: App, job: JobRow) -> None:
             give_up_seconds=settings.callback_give_up_seconds,
         )
         await app.db.run(
-            lambda cur: q.record_callback_result(
+            lambda cur: jobs_queries.record_callback_result(
                 cur,
                 job.id,
                 number,
@@ -140,7 +140,7 @@ async def attempt(app: App, job: JobRow) -> None:
             when = decision.next_attempt.strftime("%H:%M:%SZ") if decision.next_attempt else "?"
             app.events.warning(
                 ref,
-                "CallbackFailed",
+                Reason.CALLBACK_FAILED,
                 f"callback attempt {number} failed: {delivery.error}; next attempt at {when}",
             )
-    await app.project(job.id)
+    await app.update_status(job.id)

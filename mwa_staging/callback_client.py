@@ -1,4 +1,4 @@
-"""The callback to the client (CONTRACTS.md section 4): payload, one delivery attempt, backoff.
+"""The callback to the client (docs/contracts.md, Callback): payload, one delivery attempt, backoff.
 
 Only the mechanics of one attempt live here; when to attempt, how often and
 what to record is the operator's scheduler. Rules from the contract:
@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel
 
 from mwa_staging.db.rows import JobRow
+from mwa_staging.retry import Backoff
 
 #: The contract's cap on the pause between two attempts.
 MAX_BACKOFF_SECONDS = 600.0
@@ -101,11 +102,11 @@ def host_of(url: str) -> str:
 def backoff_seconds(attempt: int, initial: float, maximum: float = MAX_BACKOFF_SECONDS) -> float:
     """Pause after failed attempt number ``attempt`` (1-based): initial * 2^(n-1), capped.
 
-    The cap is never above the contract's 10 minutes, whatever the setting.
+    The cap is never above the contract's 10 minutes, whatever the setting. The
+    attempt number comes from the database, so the pause is a function of it
+    (:meth:`mwa_staging.retry.Backoff.delay`), not the state of a loop.
     """
-    cap = min(maximum, MAX_BACKOFF_SECONDS)
-    exponent = min(max(attempt - 1, 0), 32)
-    return float(min(initial * (2**exponent), cap))
+    return Backoff(initial, min(maximum, MAX_BACKOFF_SECONDS)).delay(attempt)
 
 
 @dataclass(frozen=True)
