@@ -305,6 +305,10 @@ class Stack:
                 "LOG_LEVEL": "INFO",
             }
         )
+        if kind in ("operator", "gateway"):
+            # The callback receiver runs on loopback, which callbacks may only reach
+            # when it is allowed explicitly (mwa_staging.callback_policy).
+            result["CALLBACK_ALLOWED_NETWORKS"] = "127.0.0.0/8"
         return result
 
     def write_env(self) -> Path:

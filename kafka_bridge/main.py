@@ -37,6 +37,7 @@ def run() -> None:
     """Run the bridge until SIGTERM or SIGINT."""
     settings = settings_mod.load()
     setup_logging(settings.log_level, settings.log_format)
+    settings.warn_insecure()  # TLS verification turned off: said loudly at every start
     health = Health(settings.bridge_unhealthy_after_s)
     serve_http(settings.bridge_http_port, health.check)
     stop = threading.Event()

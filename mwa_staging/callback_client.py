@@ -8,7 +8,12 @@ what to record is the operator's scheduler. Rules from the contract:
 * only HTTP 200 counts as delivered (a 201 or 204 is *not*: the original
   treated only 200 as success and clients were written against it);
 * redirects are not followed (a redirect would resend the credentials
-  elsewhere).
+  elsewhere); a 3xx is a failed attempt;
+* the whole attempt, the answer included, takes at most the timeout, and at
+  most ``max_response_bytes`` of the answer are read (a receiver that drips or
+  streams forever cannot hold a connection or memory);
+* where the URL may point is :mod:`mwa_staging.callback_policy`'s business,
+  checked by the caller before each attempt.
 
 Error texts written to the database and the status never contain the URL
 (it may carry credentials in its userinfo) nor the auth header.
@@ -16,6 +21,7 @@ Error texts written to the database and the status never contain the URL
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -71,24 +77,50 @@ async def send(
     username: str,
     password: str,
     timeout: float = 60.0,
+    max_response_bytes: int = 64 * 1024,
 ) -> Delivery:
     """POST the payload once; never raises for network or HTTP failures."""
     try:
-        response = await client.post(
-            url,
-            content=payload.model_dump_json(),
-            headers={"Content-Type": "application/json"},
-            auth=httpx.BasicAuth(username, password),
-            timeout=timeout,
-            follow_redirects=False,
-        )
-    except httpx.TimeoutException:
+        async with asyncio.timeout(timeout):
+            status = await _post(
+                client, url, payload, username, password, timeout, max_response_bytes
+            )
+    except (httpx.TimeoutException, TimeoutError):
         return Delivery(False, None, f"no answer within {timeout:g} s")
     except httpx.TransportError as exc:
         return Delivery(False, None, f"{type(exc).__name__} connecting to {host_of(url)}")
-    if response.status_code == 200:
+    if status == 200:
         return Delivery(True, 200, None)
-    return Delivery(False, response.status_code, f"HTTP {response.status_code}")
+    if 300 <= status < 400:
+        return Delivery(False, status, f"HTTP {status} (redirects are not followed)")
+    return Delivery(False, status, f"HTTP {status}")
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    url: str,
+    payload: CallbackPayload,
+    username: str,
+    password: str,
+    timeout: float,
+    max_response_bytes: int,
+) -> int:
+    """The answer's status; reads at most ``max_response_bytes`` of the body, then closes."""
+    async with client.stream(
+        "POST",
+        url,
+        content=payload.model_dump_json(),
+        headers={"Content-Type": "application/json"},
+        auth=httpx.BasicAuth(username, password),
+        timeout=timeout,
+        follow_redirects=False,
+    ) as response:
+        seen = 0
+        async for chunk in response.aiter_bytes():
+            seen += len(chunk)
+            if seen >= max_response_bytes:
+                break
+        return response.status_code
 
 
 def host_of(url: str) -> str:
@@ -137,11 +169,3 @@ def after_failure(
         return Decision(True, None)
     pause = timedelta(seconds=backoff_seconds(attempt, initial, maximum))
     return Decision(False, min(now + pause, give_up_at))
-
-
-def host_allowed(url: str, allowed: list[str]) -> bool:
-    """True when no allow-list is configured or the URL's host is on it."""
-    if not allowed:
-        return True
-    host = host_of(url).lower()
-    return any(host == entry.lower().strip() for entry in allowed)

@@ -14,7 +14,12 @@ check one by one:
   ``data_files_attempts`` tries, because the service is occasionally slow.
 
 A 100,000-file answer is ~15 MB of JSON: it is parsed in a worker thread so
-the operator's event loop keeps serving other jobs.
+the operator's event loop keeps serving other jobs. What the service sends is
+bounded (:mod:`mwa_staging.bounded_http`): at most ``data_files_max_bytes``,
+the whole answer within ``data_files_timeout_seconds``, and a body nested too
+deeply for the parser is a malformed answer (100), never an escaping error. A
+path with a NUL, CR or LF, or longer than :data:`MAX_PATH_LENGTH` (the CRD's
+rules for ``spec.files``), makes the answer malformed too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from mwa_staging.bounded_http import TooLarge, TooSlow, fetch
 from mwa_staging.retry import Backoff
 from mwa_staging.settings import Settings
 from mwa_staging.vocabulary import ReturnCode
@@ -35,6 +41,10 @@ from mwa_staging.vocabulary import ReturnCode
 log = logging.getLogger(__name__)
 
 Sleeper = Callable[[float], Awaitable[None]]
+
+#: The longest archive path (the CRD's maxLength of a spec.files item).
+MAX_PATH_LENGTH = 4096
+_BAD_CHARACTERS = ("\x00", "\n", "\r")
 
 
 class ResolveError(Exception):
@@ -87,14 +97,23 @@ def paths_from_body(body: Any) -> list[str]:
     for filename, entry in body.items():
         if not isinstance(filename, str) or not filename or not isinstance(entry, dict):
             raise ResolveError(
-                ReturnCode.LOOKUP_FAILED, f"data_files answered a malformed entry for {filename!r}"
+                ReturnCode.LOOKUP_FAILED,
+                f"data_files answered a malformed entry for {str(filename)[:100]!r}",
             )
         bucket, folder = entry.get("bucket"), entry.get("folder")
         if not isinstance(bucket, str | None) or not isinstance(folder, str | None):
             raise ResolveError(
-                ReturnCode.LOOKUP_FAILED, f"data_files answered a malformed entry for {filename!r}"
+                ReturnCode.LOOKUP_FAILED,
+                f"data_files answered a malformed entry for {filename[:100]!r}",
             )
-        paths[archive_path(filename, bucket, folder)] = None
+        path = archive_path(filename, bucket, folder)
+        if len(path) > MAX_PATH_LENGTH or any(c in path for c in _BAD_CHARACTERS):
+            raise ResolveError(
+                ReturnCode.LOOKUP_FAILED,
+                f"data_files answered an unusable path for {filename[:100]!r}"
+                f" (longer than {MAX_PATH_LENGTH} characters, or a NUL, CR or LF in it)",
+            )
+        paths[path] = None
     if not paths:
         raise ResolveError(ReturnCode.NO_FILES, "the observation has no files on Banksia")
     return list(paths)
@@ -123,9 +142,16 @@ async def resolve_observation(
     problem = ""
     for attempt in range(1, attempts + 1):
         try:
-            response = await client.get(
-                settings.data_files_url, params=params, timeout=settings.data_files_timeout_seconds
+            response = await fetch(
+                client,
+                "GET",
+                settings.data_files_url,
+                params=params,
+                max_bytes=settings.data_files_max_bytes,
+                seconds=settings.data_files_timeout_seconds,
             )
+        except (TooLarge, TooSlow) as exc:
+            problem = f"data_files: {exc}"
         except httpx.TransportError as exc:
             problem = f"{type(exc).__name__} talking to data_files"
         else:
@@ -139,6 +165,8 @@ async def resolve_observation(
                     body = await asyncio.to_thread(json.loads, response.content)
                 except ValueError:
                     problem = "data_files answered a body that is not JSON"
+                except RecursionError:
+                    problem = "data_files answered JSON nested too deeply"
                 else:
                     try:
                         paths = await asyncio.to_thread(paths_from_body, body)

@@ -16,6 +16,9 @@ Why it looks the way it does:
   ``scout_max_paths_per_call`` paths (the archive refuses bodies over ~4 MB).
 * TLS is verified by default (``Settings.scout_verify``); the original turned
   it off everywhere.
+* Every answer is read within ``scout_max_response_bytes`` and
+  ``scout_timeout_seconds`` for the whole of it (:mod:`mwa_staging.bounded_http`):
+  a node that drips or floods is a transient failure, like one that is down.
 * Observability is injected (``observe(endpoint, outcome, seconds)``) so this
   module stays free of any process' metrics registry.
 
@@ -34,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from mwa_staging.bounded_http import TooLarge, TooSlow, fetch
 from mwa_staging.retry import Backoff
 from mwa_staging.settings import Settings
 
@@ -216,13 +220,14 @@ class ScoutClient:
             self._token = None  # a failed login below must not leave the stale token in use
             started = self._clock()
             try:
-                response = await self._client.post(
+                response = await self._request(
+                    "POST",
                     self._urls["login"],
                     json={"acct": self._user, "pass": self._password.get_secret_value()},
                 )
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, TooLarge, TooSlow) as exc:
                 self._observe("login", "error", self._clock() - started)
-                raise _Transient(f"login: {type(exc).__name__}") from None
+                raise _Transient(f"login: {_why(exc)}") from None
             outcome = "ok" if response.status_code == 200 else str(response.status_code)
             self._observe("login", outcome, self._clock() - started)
             if response.status_code >= 500:
@@ -302,19 +307,42 @@ class ScoutClient:
     ) -> httpx.Response:
         started = self._clock()
         try:
-            response = await self._client.request(
+            response = await self._request(
                 method,
                 self._urls[endpoint],
                 json=json,
                 params=params,
                 headers={"Authorization": f"Bearer {token}"},
             )
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, TooLarge, TooSlow) as exc:
             self._observe(endpoint, "error", self._clock() - started)
-            raise _Transient(type(exc).__name__) from None
+            raise _Transient(_why(exc)) from None
         outcome = "ok" if response.status_code == 200 else str(response.status_code)
         self._observe(endpoint, outcome, self._clock() - started)
         return response
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, its answer read within the size and time limits."""
+        answer = await fetch(
+            self._client,
+            method,
+            url,
+            max_bytes=self._settings.scout_max_response_bytes,
+            seconds=self._settings.scout_timeout_seconds,
+            **kwargs,
+        )
+        return httpx.Response(
+            answer.status_code,
+            content=answer.content,
+            headers={"content-type": answer.headers.get("content-type", "")},
+            request=httpx.Request(method, url),
+        )
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, TooLarge | TooSlow):
+        return str(exc)
+    return type(exc).__name__
 
 
 def _json(response: httpx.Response, endpoint: str) -> dict[str, Any]:

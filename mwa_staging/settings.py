@@ -10,11 +10,20 @@ settings object cannot leak them.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import logging
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mwa_staging.callback_policy import IPNetwork, parse_networks
+
+log = logging.getLogger(__name__)
+
+#: A list setting: JSON (``["a", "b"]``, what the chart writes) or comma-separated text.
+TextList = Annotated[list[str], NoDecode]
 
 # Paths of the Scout REST API below its base URL (docs/contracts.md, Scout API).
 SCOUT_PATHS = {
@@ -93,7 +102,18 @@ class Settings(BaseSettings):
 
     # --- MWA data_files service -------------------------------------------------
     data_files_url: str = "http://ws.mwatelescope.org/metadata/data_files"
-    data_files_timeout_seconds: float = 60.0
+    data_files_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Whole-answer time limit of one data_files attempt."
+    )
+    data_files_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest data_files answer read (100,000 files are ~15 MB); larger: code 100.",
+    )
+    data_files_ca_file: str | None = Field(
+        default=None, description="CA bundle for the data_files service's TLS."
+    )
+    data_files_tls_verify: bool = True
     data_files_attempts: int = Field(default=3, ge=1)
     data_files_retry_seconds: float = Field(
         default=2.0, ge=0, description="First pause between data_files attempts (doubles)."
@@ -111,9 +131,16 @@ class Settings(BaseSettings):
     )
     callback_ca_file: str | None = None
     callback_tls_verify: bool = True
-    callback_allowed_hosts: list[str] = Field(
+    callback_allowed_hosts: TextList = Field(
         default_factory=list,
-        description="If set, callbacks go only to these host names (others fail with 199).",
+        description="If set, callbacks go only to these host names (others fail with 199);"
+        " a leading dot allows a domain's subdomains. Empty: any host (the address rules of"
+        " CALLBACK_ALLOWED_NETWORKS still apply).",
+    )
+    callback_allowed_networks: TextList = Field(
+        default_factory=list,
+        description="CIDRs a callback host may resolve to although they are loopback,"
+        " link-local, metadata, unspecified or multicast (refused otherwise).",
     )
     callback_concurrency: int = Field(
         default=20, ge=1, description="Callback POSTs in flight at once, across all jobs."
@@ -251,11 +278,36 @@ class Settings(BaseSettings):
         default=30, ge=0, description="Days a failed-job report is kept (REPORT_EXPIREDAYS)."
     )
 
+    # --- Bounds on what the outside sends back ------------------------------
+    scout_max_response_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest Scout answer read."
+    )
+    callback_max_response_bytes: int = Field(
+        default=64 * 1024, ge=0, description="Most bytes of a callback answer read (then closed)."
+    )
+
     # --- Process -----------------------------------------------------------
     operator_http_port: int = 8080
     bridge_http_port: int = 8081
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("callback_allowed_hosts", "callback_allowed_networks", mode="before")
+    @classmethod
+    def _text_list(cls, value: Any) -> Any:
+        """Accept JSON lists and comma/whitespace-separated text from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return text.replace(",", " ").split()
+        return value
+
+    @field_validator("callback_allowed_networks", mode="after")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # ValueError (a settings error at start) for a bad CIDR
+        return value
 
     @model_validator(mode="after")
     def _fill_scout_urls(self) -> Settings:
@@ -294,6 +346,37 @@ class Settings(BaseSettings):
         if not self.callback_tls_verify:
             return False
         return self.callback_ca_file or True
+
+    def data_files_verify(self) -> bool | str:
+        """The ``verify`` argument for data_files requests."""
+        if not self.data_files_tls_verify:
+            return False
+        return self.data_files_ca_file or True
+
+    def callback_networks(self) -> list[IPNetwork]:
+        """CALLBACK_ALLOWED_NETWORKS, parsed."""
+        return parse_networks(self.callback_allowed_networks)
+
+    def tls_warnings(self) -> list[str]:
+        """One line per connection whose certificate check was turned off (logged at start)."""
+        off = [
+            ("SCOUT_TLS_VERIFY", self.scout_tls_verify),
+            ("DATA_FILES_TLS_VERIFY", self.data_files_tls_verify),
+            ("CALLBACK_TLS_VERIFY", self.callback_tls_verify),
+            ("KAFKA_TLS_VERIFY", self.kafka_tls_verify),
+        ]
+        return [
+            f"{name}=false: TLS certificates are NOT verified on this connection"
+            for name, verify in off
+            if not verify
+        ]
+
+    def warn_insecure(self, logger: logging.Logger | None = None) -> list[str]:
+        """Log :meth:`tls_warnings` as warnings (each process calls this at start)."""
+        found = self.tls_warnings()
+        for line in found:
+            (logger or log).warning("%s", line)
+        return found
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings for the broker connection (shared by consumers and tools)."""

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from mwa_staging.callback_client import host_allowed
+from mwa_staging.callback_policy import CallbackRefused, check_url
 from mwa_staging.db import gateway_queries as gq
 from mwa_staging.db.migrate import migrate
 from mwa_staging.scout import ScoutError
@@ -73,8 +73,10 @@ def check_submission(req: StagingRequest, settings: Settings) -> Submission:
         valid = False
     if not valid:
         raise Refused(400, "notify_url must be an absolute http or https URL")
-    if not host_allowed(url, settings.callback_allowed_hosts):
-        raise Refused(400, f"notify_url: callbacks to host {parts.hostname} are not allowed")
+    try:
+        check_url(url, settings.callback_allowed_hosts, settings.callback_networks())
+    except CallbackRefused as exc:
+        raise Refused(400, f"notify_url: {exc}") from None
     files = req.files
     obs = req.obs
     if not files and (obs is None or obs.obs_id is None):

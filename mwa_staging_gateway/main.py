@@ -34,6 +34,7 @@ def check_auth(settings: Settings) -> str | None:
 def run() -> None:
     settings = load()
     setup_logging(settings.log_level, settings.log_format)
+    settings.warn_insecure()  # TLS verification turned off: said loudly at every start
     problem = check_auth(settings)
     if problem:
         log.error("%s", problem)

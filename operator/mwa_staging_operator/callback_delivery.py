@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from mwa_staging.callback_client import Delivery, after_failure, payload_for, send
+from mwa_staging.callback_client import Decision, Delivery, after_failure, payload_for, send
+from mwa_staging.callback_policy import CallbackRefused, check_target
 from mwa_staging.db import jobs_queries
 from mwa_staging.db.rows import JobRow
 from mwa_staging.vocabulary import JobState, Reason
@@ -86,8 +87,16 @@ async def attempt(app: Services, job: JobRow) -> None:
     if number == 1 and job.state == JobState.COMPLETE:
         # The bridge ends jobs; the operator hears of it here, first.
         app.events.normal(ref, Reason.COMPLETE, job.message or "")
+    refused = False
     try:
+        # Every attempt is a hop: the name may resolve elsewhere than at creation.
+        await check_target(
+            job.notify_url, settings.callback_allowed_hosts, settings.callback_networks()
+        )
         username, password = await credentials(app, job)
+    except CallbackRefused as exc:
+        refused = True
+        delivery = Delivery(False, None, f"callback refused: {exc}")
     except CredentialsError as exc:
         delivery = Delivery(False, None, str(exc))
     else:
@@ -98,6 +107,7 @@ async def attempt(app: Services, job: JobRow) -> None:
             username,
             password,
             timeout=settings.callback_timeout_seconds,
+            max_response_bytes=settings.callback_max_response_bytes,
         )
     if delivery.delivered:
         await app.db.run(
@@ -116,6 +126,8 @@ async def attempt(app: Services, job: JobRow) -> None:
             maximum=settings.callback_backoff_max_seconds,
             give_up_seconds=settings.callback_give_up_seconds,
         )
+        if refused:  # no later attempt can be allowed: the rules do not change under it
+            decision = Decision(True, None)
         await app.db.run(
             lambda cur: jobs_queries.record_callback_result(
                 cur,

@@ -55,7 +55,8 @@ class App:
         instance = os.environ.get("HOSTNAME") or socket.gethostname()
         self.events = EventRecorder(self.core, self.kube_executor, instance)
         self.scout = ScoutClient(settings, observe=metrics.observe_scout)
-        self.http = httpx.AsyncClient(follow_redirects=False)
+        # The data_files service (the only other plain HTTP client of the operator).
+        self.http = httpx.AsyncClient(follow_redirects=False, verify=settings.data_files_verify())
         self.callback_http = httpx.AsyncClient(
             verify=settings.callback_verify(),
             follow_redirects=False,

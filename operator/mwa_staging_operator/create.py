@@ -54,7 +54,7 @@ from typing import Any
 
 import psycopg2
 
-from mwa_staging.callback_client import host_allowed
+from mwa_staging.callback_policy import CallbackRefused, check_target
 from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.db.rows import JobRow
 from mwa_staging.resolve import ResolveError, resolve_observation
@@ -193,18 +193,18 @@ async def _advance(
 
 
 async def _callback_host_allowed(app: Services, job: JobRow, ref: ObjectRef) -> bool:
-    """The allow-list check: a job whose callback may not be sent fails at once (199)."""
-    if host_allowed(job.notify_url, app.settings.callback_allowed_hosts):
-        return True
-    await _fail(
-        app,
-        job,
-        ref,
-        ReturnCode.UNEXPECTED,
-        "the callback URL's host is not among the operator's allowed callback hosts",
-        callback=False,
-    )
-    return False
+    """The callback target rules: a job whose callback may not be sent fails at once (199)."""
+    settings = app.settings
+    try:
+        await check_target(
+            job.notify_url, settings.callback_allowed_hosts, settings.callback_networks()
+        )
+    except CallbackRefused as exc:
+        await _fail(
+            app, job, ref, ReturnCode.UNEXPECTED, f"callback refused: {exc}", callback=False
+        )
+        return False
+    return True
 
 
 async def _lookup(

@@ -112,6 +112,7 @@ def run() -> None:
     """Console script ``mwa-staging-operator``: settings, logging, /healthz, then kopf."""
     config = load()
     setup_logging(config.log_level, config.log_format)
+    config.warn_insecure()  # TLS verification turned off: said loudly at every start
     runtime = Runtime(config)
     serve_http(config.operator_http_port, runtime.health)
     namespaces = config.watch_namespaces()

@@ -397,6 +397,31 @@ def test_attempt_after_the_give_up_time_gives_up(monkeypatch: pytest.MonkeyPatch
     assert app.events.reasons() == [Reason.CALLBACK_GAVE_UP]
 
 
+@pytest.mark.parametrize(
+    ("url", "hosts", "why"),
+    [
+        ("http://169.254.169.254/latest", [], "a cloud metadata address"),
+        ("http://u:p@receiver.test/cb", ["receiver.test"], "must not hold credentials"),
+        ("http://other.test/cb", ["receiver.test"], "not among the allowed callback hosts"),
+    ],
+)
+def test_attempt_refused_by_the_callback_rules_gives_up_without_a_post(
+    monkeypatch: pytest.MonkeyPatch, url: str, hosts: list[str], why: str
+) -> None:
+    queries = Queries(monkeypatch)
+    queries.script(jobs_queries, "record_callback_result", True)
+    posted: list[httpx.Request] = []
+    app = FakeApp(receiver=receiver(200, posted), callback_allowed_hosts=hosts)
+    job = job_row(callback_attempts=1, completion_time=datetime.now(UTC), notify_url=url)
+    asyncio.run(callback_delivery.attempt(app, job))  # type: ignore[arg-type]
+
+    [recorded] = queries.kwargs("record_callback_result")
+    assert recorded["give_up"] is True and recorded["delivered"] is False
+    assert recorded["error"].startswith("callback refused: ") and why in recorded["error"]
+    assert posted == []
+    assert Reason.CALLBACK_GAVE_UP in app.events.reasons()
+
+
 def test_attempt_uses_the_jobs_secret_and_reports_a_missing_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
