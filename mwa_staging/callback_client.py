@@ -9,9 +9,9 @@ what to record is the operator's scheduler. Rules from the contract:
   treated only 200 as success and clients were written against it);
 * redirects are not followed (a redirect would resend the credentials
   elsewhere); a 3xx is a failed attempt;
-* the whole attempt, the answer included, takes at most the timeout, and at
-  most ``max_response_bytes`` of the answer are read (a receiver that drips or
-  streams forever cannot hold a connection or memory);
+* the whole attempt takes at most the timeout, and the answer's body is never
+  read (only its status counts; the connection is closed after the head), so a
+  receiver that drips or streams forever holds neither a connection nor memory;
 * where the URL may point is :mod:`mwa_staging.callback_policy`'s business,
   checked by the caller before each attempt.
 
@@ -77,14 +77,11 @@ async def send(
     username: str,
     password: str,
     timeout: float = 60.0,
-    max_response_bytes: int = 64 * 1024,
 ) -> Delivery:
     """POST the payload once; never raises for network or HTTP failures."""
     try:
         async with asyncio.timeout(timeout):
-            status = await _post(
-                client, url, payload, username, password, timeout, max_response_bytes
-            )
+            status = await _post(client, url, payload, username, password, timeout)
     except (httpx.TimeoutException, TimeoutError):
         return Delivery(False, None, f"no answer within {timeout:g} s")
     except httpx.TransportError as exc:
@@ -103,9 +100,8 @@ async def _post(
     username: str,
     password: str,
     timeout: float,
-    max_response_bytes: int,
 ) -> int:
-    """The answer's status; reads at most ``max_response_bytes`` of the body, then closes."""
+    """The answer's status; the body is not read (leaving the block closes the stream)."""
     async with client.stream(
         "POST",
         url,
@@ -115,11 +111,6 @@ async def _post(
         timeout=timeout,
         follow_redirects=False,
     ) as response:
-        seen = 0
-        async for chunk in response.aiter_bytes():
-            seen += len(chunk)
-            if seen >= max_response_bytes:
-                break
         return response.status_code
 
 

@@ -282,9 +282,6 @@ class Settings(BaseSettings):
     scout_max_response_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Largest Scout answer read."
     )
-    callback_max_response_bytes: int = Field(
-        default=64 * 1024, ge=0, description="Most bytes of a callback answer read (then closed)."
-    )
 
     # --- Process -----------------------------------------------------------
     operator_http_port: int = 8080

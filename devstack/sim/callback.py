@@ -20,6 +20,11 @@ The delivery failures the operator must survive are switched on through
                                authenticated requests get that status
 ``POST /_control/hang``        ``{"count": N, "seconds": S}``: the next N are
                                held S seconds before the answer
+``POST /_control/hostile``     ``{"mode": M, "count": N}``: the next N
+                               authenticated requests get a hostile answer:
+                               ``redirect`` (307 to ``/callback/redirected``),
+                               ``huge`` (200 and an endless body), ``drip``
+                               (200, then a byte a second)
 ``POST /_control/users``       ``{"user", "password"}``: accept another pair
 ``GET /_control``              the modes in force
 ``GET /_control/log?since=N``  the log's entries from the N-th on (0-based,
@@ -107,6 +112,8 @@ class Receiver:
         self.users: dict[str, str] = dict(self._initial)
         self.fail = _Mode()
         self.hang = _Mode()
+        self.hostile: str | None = None
+        self.hostile_left: int | None = None
         self._log_path = log_path
         self._log: IO[str] | None = None
         # Every entry of the log file as its JSON text, for GET /_control/log.
@@ -126,7 +133,7 @@ class Receiver:
             self._log.close()
             self._log = None
 
-    async def callback(self, request: web.Request) -> web.Response:
+    async def callback(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         text = raw.decode("utf-8", errors="replace")
         try:
@@ -150,6 +157,12 @@ class Receiver:
             status = 401
             hang = None
         else:
+            hostile = self._take_hostile()
+            if hostile is not None:  # before (and instead of) a failure or a hang
+                entry["hostile"] = hostile
+                entry["status"] = 307 if hostile == "redirect" else 200
+                self._write(entry)
+                return await _hostile_answer(request, hostile)
             hang = self.hang.take()
             failure = self.fail.take()
             status = int(failure) if failure is not None else 200
@@ -182,6 +195,26 @@ class Receiver:
         self.hang.set(float(seconds), count)
         return web.json_response(self.describe())
 
+    def _take_hostile(self) -> str | None:
+        if self.hostile is None:
+            return None
+        mode = self.hostile
+        if self.hostile_left is not None:
+            self.hostile_left -= 1
+            if self.hostile_left <= 0:
+                self.hostile, self.hostile_left = None, None
+        return mode
+
+    async def set_hostile(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        mode, count = body.get("mode"), body.get("count")
+        if mode not in HOSTILE_MODES:
+            raise web.HTTPBadRequest(text=f"mode must be one of {sorted(HOSTILE_MODES)}")
+        if count is not None and (not _int(count) or count < 1):
+            raise web.HTTPBadRequest(text="count must be an integer >= 1, or omitted")
+        self.hostile, self.hostile_left = mode, count
+        return web.json_response(self.describe())
+
     async def add_user(self, request: web.Request) -> web.Response:
         body = await _body(request)
         user, password = body.get("user"), body.get("password")
@@ -211,6 +244,7 @@ class Receiver:
         self.users = dict(self._initial)
         self.fail.clear()
         self.hang.clear()
+        self.hostile, self.hostile_left = None, None
         return web.json_response(self.describe())
 
     def describe(self) -> dict[str, Any]:
@@ -218,7 +252,31 @@ class Receiver:
             "users": sorted(self.users),
             "fail": self.fail.describe(),
             "hang": self.hang.describe(),
+            "hostile": {"mode": self.hostile, "remaining": self.hostile_left},
         }
+
+
+HOSTILE_MODES = frozenset({"redirect", "huge", "drip"})
+
+
+async def _hostile_answer(request: web.Request, mode: str) -> web.StreamResponse:
+    """A redirect, an endless body or a drip; ends when the client hangs up."""
+    if mode == "redirect":
+        return web.Response(status=307, headers={"Location": "/callback/redirected"})
+    response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+    await response.prepare(request)
+    try:
+        if mode == "huge":
+            chunk = b"x" * 65536
+            for _ in range(32 * 1024):  # 2 GiB at most
+                await response.write(chunk)
+        else:
+            for _ in range(3600):
+                await response.write(b"x")
+                await asyncio.sleep(1.0)
+    except ConnectionError:
+        pass
+    return response
 
 
 def _read_entries(path: Path) -> list[str]:
@@ -258,6 +316,7 @@ def make_app(user: str, password: str, log_path: Path) -> web.Application:
     app.router.add_route("*", "/callback/{tail:.*}", receiver.callback)
     app.router.add_post("/_control/fail", receiver.set_fail)
     app.router.add_post("/_control/hang", receiver.set_hang)
+    app.router.add_post("/_control/hostile", receiver.set_hostile)
     app.router.add_post("/_control/users", receiver.add_user)
     app.router.add_get("/_control", receiver.get_control)
     app.router.add_get("/_control/log", receiver.get_log)

@@ -12,7 +12,7 @@ state, counters). Routes:
 ``POST /control/delay``   ``{"delay_ms": int, "jitter_ms": int}`` (new stages)
 ``POST /control/token-ttl`` ``{"seconds": float}`` (applies to issued tokens)
 ``POST /control/expire-tokens`` forget every token now
-``POST /control/outage``  ``{"status": 503, "count": N, "endpoint": P, "after": K}``
+``POST /control/outage``  ``{"status": 503, "count": N, "endpoint": P, "after": K, "mode": M}``
                           (count omitted: until ``DELETE /control/outage``;
                           endpoint: only calls of path P; after: let the
                           first K such calls through)
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from devstack.sim.archive import Archive
-from devstack.sim.scout_api import CallLog, Outage
+from devstack.sim.scout_api import HOSTILE_MODES, CallLog, Outage
 
 
 class HasStats(Protocol):
@@ -104,7 +104,10 @@ class Control:
             raise web.HTTPBadRequest(text="endpoint must be a path such as /v1/request/batchstage")
         if not _nonneg_int(after):
             raise web.HTTPBadRequest(text="after must be an integer >= 0")
-        self.outage.set(status, count, endpoint=endpoint, after=after)
+        mode = body.get("mode")
+        if mode is not None and mode not in HOSTILE_MODES:
+            raise web.HTTPBadRequest(text=f"mode must be one of {sorted(HOSTILE_MODES)}")
+        self.outage.set(status, count, endpoint=endpoint, after=after, mode=mode)
         return web.json_response(self.outage.describe())
 
     async def get_outage(self, _request: web.Request) -> web.Response:

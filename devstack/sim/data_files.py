@@ -12,7 +12,10 @@ Usage::
   lies in the window (how the operator's VCS window is exercised);
 * ``X % 100000 == 0``, or a window with no file -> 404 (no files);
   ``X >= 9000000000`` -> 500; ``8000000000 <= X < 9000000000`` answers only
-  after ``X % 1000`` seconds (a hanging lookup); a missing or non-integer ``obs_id``, ``mintime``
+  after ``X % 1000`` seconds (a hanging lookup); ``7000000000 <= X < 7000000010``
+  are hostile answers (:data:`HOSTILE`): 1 streams an endless JSON object (up to
+  2 GiB), 2 is JSON nested 100,000 deep, 3 sends a 200 and then one byte a
+  second, 4 holds a path with a newline; a missing or non-integer ``obs_id``, ``mintime``
   or ``maxtime`` -> 400;
 * 200: ``{filename: {"bucket", "folder", "gpstime", "filesize", "filetype", ...}}``
   in the real body shape. Entries cycle through the cases the path rules must
@@ -48,6 +51,9 @@ FILES_MODULUS = 100_000
 SERVER_ERROR_FROM = 9_000_000_000
 #: Observations from here (below SERVER_ERROR_FROM) answer after ``X % 1000`` seconds.
 SLOW_FROM = 8_000_000_000
+#: Hostile answers, by observation id (what the operator's limits must survive).
+HOSTILE_FROM = 7_000_000_000
+HOSTILE = {1: "huge", 2: "deep", 3: "drip", 4: "unsafe path"}
 #: Entry kinds, by ``index % len(KINDS)``.
 KINDS = ("bucket+folder", "null bucket", "null folder", "slash folder", "null both")
 
@@ -162,9 +168,14 @@ class DataFiles:
     def __init__(self) -> None:
         self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
 
-    async def data_files(self, request: web.Request) -> web.Response:
+    async def data_files(self, request: web.Request) -> web.StreamResponse:
         record: dict[str, Any] = {"time": time.time(), "query": dict(request.query)}
         self.requests.append(record)
+        mode = _hostile_mode(request)
+        if mode is not None:
+            record["status"] = 200
+            record["hostile"] = mode
+            return await _hostile(request, mode)
         try:
             await self._maybe_hang(request)
             response = self._answer(request)
@@ -204,6 +215,46 @@ class DataFiles:
     async def clear_requests(self, _request: web.Request) -> web.Response:
         self.requests.clear()
         return web.json_response({"ok": True})
+
+
+def _hostile_mode(request: web.Request) -> str | None:
+    try:
+        obs_id = int(request.query.get("obs_id", ""))
+    except ValueError:
+        return None
+    if HOSTILE_FROM <= obs_id < HOSTILE_FROM + 10:
+        return HOSTILE.get(obs_id - HOSTILE_FROM)
+    return None
+
+
+async def _hostile(request: web.Request, mode: str) -> web.StreamResponse:
+    """An answer built to hurt a client without limits; ends when the client hangs up."""
+    if mode == "deep":
+        depth = 100_000
+        return web.Response(body=b"[" * depth + b"]" * depth, content_type="application/json")
+    if mode == "unsafe path":
+        body = {"ok.fits": {"bucket": "b", "folder": "f"}, "bad\nname.fits": {"bucket": "b"}}
+        return web.json_response(body)
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    try:
+        if mode == "huge":
+            chunk = b"".join(
+                b'"f%07d.fits": {"bucket": "b", "folder": "f"}, ' % i for i in range(20_000)
+            )
+            await response.write(b"{")
+            sent = 0
+            while sent < 2 * 1024**3:
+                await response.write(chunk)
+                sent += len(chunk)
+        else:  # drip: a valid start, then a byte a second, for an hour at most
+            await response.write(b"{")
+            for _ in range(3600):
+                await asyncio.sleep(1.0)
+                await response.write(b" ")
+    except ConnectionError:
+        pass  # the client gave up: what it should do
+    return response
 
 
 def make_app() -> web.Application:

@@ -14,6 +14,8 @@ before looking at the request), then the token, then the request itself.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import re
 import time
@@ -67,23 +69,34 @@ class Outage:
     ``endpoint`` limits the outage to calls of that path (None: every call);
     ``after`` lets that many of those calls through before the outage starts
     (e.g. the first stage call of a job is accepted, the second refused).
+    ``mode`` makes the outage hostile instead: ``huge`` answers 200 with an
+    endless body, ``drip`` answers 200 and then one byte a second.
     """
 
     def __init__(self) -> None:
+        self.mode: str | None = None
         self.status: int | None = None
         self.remaining: int | None = None
         self.endpoint: str | None = None
         self.after = 0
 
     def set(
-        self, status: int, count: int | None, *, endpoint: str | None = None, after: int = 0
+        self,
+        status: int,
+        count: int | None,
+        *,
+        endpoint: str | None = None,
+        after: int = 0,
+        mode: str | None = None,
     ) -> None:
+        self.mode = mode
         self.status = status
         self.remaining = count
         self.endpoint = endpoint
         self.after = after
 
     def clear(self) -> None:
+        self.mode = None
         self.status = None
         self.remaining = None
         self.endpoint = None
@@ -111,7 +124,38 @@ class Outage:
             found["endpoint"] = self.endpoint
         if self.after:
             found["after"] = self.after
+        if self.mode:
+            found["mode"] = self.mode
         return found
+
+
+HOSTILE_MODES = frozenset({"huge", "drip"})
+
+
+class _Hostile(Exception):
+    """Raised inside a handler to send a hostile answer (``Outage.mode``)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(mode)
+        self.mode = mode
+
+
+async def _hostile_answer(request: web.Request, mode: str) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    try:
+        await response.write(b'{"response": "')
+        if mode == "huge":
+            chunk = b"x" * 65536
+            for _ in range(32 * 1024):  # 2 GiB at most
+                await response.write(chunk)
+        else:
+            for _ in range(3600):
+                await asyncio.sleep(1.0)
+                await response.write(b"x")
+    except ConnectionError:
+        pass
+    return response
 
 
 class _Answer(Exception):
@@ -157,6 +201,11 @@ class ScoutApi:
             status, payload = await self._dispatch(request, path, auth, call)
         except _Answer as answer:
             status, payload = answer.status, {"error": answer.text}
+        except _Hostile as hostile:
+            call["status"] = 200
+            call["hostile"] = hostile.mode
+            self.calls.add(call)
+            return await _hostile_answer(request, hostile.mode)
         call["status"] = status
         self.calls.add(call)
         return web.json_response(payload, status=status)
@@ -171,7 +220,10 @@ class ScoutApi:
             if token is None:
                 raise _Answer(401, "bad credentials")
             return 200, {"response": token}
+        mode = self.outage.mode
         down = self.outage.take(path)
+        if down is not None and mode is not None:
+            raise _Hostile(mode)
         if down is not None:
             raise _Answer(down, "service unavailable (simulated outage)")
         token = _bearer(auth)

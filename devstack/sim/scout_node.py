@@ -60,11 +60,23 @@ def make_app(node_id: int, state_url: str) -> web.Application:
                 data=body or None,
                 headers=headers,
             ) as answer:
-                payload = await answer.read()
                 content_type = answer.headers.get("Content-Type", "application/json")
-                return web.Response(
-                    body=payload, status=answer.status, headers={"Content-Type": content_type}
+                if answer.content_length is not None:
+                    payload = await answer.read()
+                    return web.Response(
+                        body=payload, status=answer.status, headers={"Content-Type": content_type}
+                    )
+                # A streamed answer (the hostile modes) is relayed as it comes, never held.
+                relay = web.StreamResponse(
+                    status=answer.status, headers={"Content-Type": content_type}
                 )
+                await relay.prepare(request)
+                try:
+                    async for chunk in answer.content.iter_any():
+                        await relay.write(chunk)
+                except (aiohttp.ClientError, TimeoutError, ConnectionError):
+                    pass
+                return relay
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("banksia unreachable: %r", exc)
             return web.json_response({"error": f"state service unreachable: {exc!r}"}, status=502)

@@ -107,7 +107,6 @@ async def attempt(app: Services, job: JobRow) -> None:
             username,
             password,
             timeout=settings.callback_timeout_seconds,
-            max_response_bytes=settings.callback_max_response_bytes,
         )
     if delivery.delivered:
         await app.db.run(
