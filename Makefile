@@ -15,10 +15,10 @@ PYTEST_ARGS ?=
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench bench-bridge bench-gateway chart-crd image kind-e2e
+.PHONY: help deps apt venv build up down status env lint format test demo bench bench-bridge bench-gateway chart-crd image kind-e2e soak
 
 help:
-	@echo "make demo | test | up | down | status | env | lint | format | bench | deps | build | chart-crd | image | kind-e2e"
+	@echo "make demo | test | up | down | status | env | lint | format | bench | soak | deps | build | chart-crd | image | kind-e2e"
 
 ## deps: Debian packages and the project virtualenv (quick when done)
 deps: apt venv
@@ -88,6 +88,11 @@ bench-bridge: deps build
 ## bench-gateway: a 100,000-file POST /staging: time to 202, to Staging, to the callback
 bench-gateway: deps build
 	$(PY) -m bench.gateway_bench $(GATEWAY_BENCH_ARGS)
+
+## soak: the chaos soak on a stack of its own (SOAK_MINUTES, default 10; SOAK_SEED replays)
+SOAK_MINUTES ?= 10
+soak: deps build
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_SEED=$(SOAK_SEED) $(PY) -m devstack.soak
 
 ## chart-crd: copy the CRD into the chart (a test fails when they differ)
 chart-crd:

@@ -33,7 +33,7 @@ from mwa_staging_gateway.auth import Guard, Tokens
 from mwa_staging_gateway.backend import Backend
 from mwa_staging_gateway.cache import CacheWatcher
 from mwa_staging_gateway.jobs import Jobs, Refused, Submission, created_time
-from mwa_staging_gateway.models import FileStatusRequest, StagingRequest
+from mwa_staging_gateway.models import FileStatusRequest, StagingRequest, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,13 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
         log.exception("unexpected error")
         return error(500, f"unexpected error: {type(exc).__name__}")
 
-    @route(["POST"], "/staging", status_code=202, response_model=None)
+    @route(
+        ["POST"],
+        "/staging",
+        status_code=202,
+        response_model=None,
+        responses=error_responses(400, 403, 413),
+    )
     async def new_job(req: StagingRequest) -> Response:
         """Create a staging job (a StagingJob); 202 with null once accepted."""
         started = time.monotonic()
@@ -196,7 +202,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
         )
         return null(202)
 
-    @route(["GET"], "/staging", response_model=None)
+    @route(["GET"], "/staging", response_model=None, responses=error_responses(404))
     async def job_status(job_id: int, include_files: bool = False) -> Response:
         """A job's counts, and each file's [ready, error, readytime] with include_files."""
         row, obj = await run_in_threadpool(jobs.find, job_id)
@@ -209,7 +215,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
             files = await run_in_threadpool(db.run, lambda cur: gq.job_files(cur, row.id))
         return raw_json(views.job_status(row, files))
 
-    @route(["DELETE"], "/staging", response_model=None)
+    @route(["DELETE"], "/staging", response_model=None, responses=error_responses(404))
     async def delete_job(job_id: int) -> Response:
         """Delete a job: its files no other job holds are cancelled; no callback is sent."""
         if not await run_in_threadpool(jobs.delete, job_id):
@@ -217,13 +223,13 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
         log.info("job %s deleted", job_id)
         return null(200)
 
-    @route(["GET"], "/get_joblist", response_model=None)
+    @route(["GET"], "/get_joblist", response_model=None, responses=error_responses())
     async def job_list() -> Response:
         """Every job of the namespace, by job id."""
         listed = await run_in_threadpool(db.run, lambda cur: gq.job_list(cur, ns))
         return raw_json(views.job_list(listed))
 
-    @route(["GET"], "/get_stats", response_model=None)
+    @route(["GET"], "/get_stats", response_model=None, responses=error_responses())
     async def stats() -> Response:
         """Job and file totals, the Kafka consumer's heartbeat, the archive's cache state."""
         cache_task = asyncio.create_task(watcher.read())
@@ -234,7 +240,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
         totals, beat = await run_in_threadpool(db.run, counts)
         return raw_json(views.stats(totals, beat, await cache_task))
 
-    @route(["POST"], "/filestatus", response_model=None)
+    @route(["POST"], "/filestatus", response_model=None, responses=error_responses(400, 404, 413))
     async def file_status(req: FileStatusRequest) -> Response:
         """Whether each file is on the archive's disk (Scout file status, through HAProxy)."""
         check_paths(req.files, settings)
@@ -256,7 +262,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
                 return error(404, f"Scout file status failed for {path}")
         return raw_json(dict(zip(paths, answers, strict=True)))
 
-    @route(["GET"], "/get_failed_joblist", response_model=None)
+    @route(["GET"], "/get_failed_joblist", response_model=None, responses=error_responses())
     async def failed_job_list() -> Response:
         """Jobs that ended with failed or never-staged files (kept REPORT_EXPIREDAYS days)."""
         found = await run_in_threadpool(
@@ -264,7 +270,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
         )
         return raw_json(views.failed_job_list(found))
 
-    @route(["GET"], "/get_failed_job", response_model=None)
+    @route(["GET"], "/get_failed_job", response_model=None, responses=error_responses(404))
     async def failed_job(job_id: int) -> Response:
         """The failed or never-staged files of a job's report."""
 

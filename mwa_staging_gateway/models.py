@@ -32,3 +32,23 @@ class FileStatusRequest(BaseModel):
     """``POST /filestatus``."""
 
     files: list[str]
+
+
+class ErrorMessage(BaseModel):
+    """Every refusal (400, 401, 403, 404, 413): the original's ``errormsg`` shape."""
+
+    errormsg: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """The OpenAPI ``responses`` of a route's refusals (401 everywhere a token is needed)."""
+    why = {
+        400: "The request breaks a limit or a rule (errormsg says which).",
+        401: "No valid token.",
+        403: "A live job already has this job_id.",
+        404: "No such job (or Scout does not know the file).",
+        413: "The body is larger than GATEWAY_MAX_BODY_BYTES.",
+    }
+    return {
+        code: {"model": ErrorMessage, "description": why[code]} for code in sorted({401, *codes})
+    }

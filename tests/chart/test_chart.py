@@ -8,6 +8,7 @@ marked ``stack`` use the session's stack (tests/conftest.py).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -252,6 +253,50 @@ def test_watch_namespace() -> None:
     assert watch({}) == "ops"
     assert watch({"watchNamespaces": ["a", "b"]}) == "a,b"
     assert watch({"watchNamespaces": ["a"], "rbac": {"clusterWide": True}}) == ""
+
+
+def test_tls_ca_bundles_verification_and_callback_rules_from_values() -> None:
+    """Each connection's CA bundle and verification switch, and the callback rules."""
+
+    def container_env(values: dict[str, Any], suffix: str) -> tuple[dict[str, str], set[str]]:
+        docs = chart.render(values)
+        pod = by_name(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        return env, mounts
+
+    helm()
+    env, _ = container_env({}, "operator")
+    for name in ("SCOUT_TLS_VERIFY", "DATA_FILES_TLS_VERIFY", "CALLBACK_TLS_VERIFY"):
+        assert env[name] == "true", name
+    assert "SCOUT_CA_FILE" not in env and "DATA_FILES_CA_FILE" not in env
+    assert json.loads(env["CALLBACK_ALLOWED_HOSTS"]) == []
+    assert json.loads(env["CALLBACK_ALLOWED_NETWORKS"]) == []
+    cas = {"ca": {"existingSecret": "some-ca"}}
+    values = {
+        "scout": {**cas, "tlsVerify": False},
+        "dataFiles": {**cas, "tlsVerify": False},
+        "callback": {
+            **cas,
+            "tlsVerify": False,
+            "allowedHosts": ["asvo.example.org"],
+            "allowedNetworks": ["10.0.0.0/8"],
+        },
+        "kafka": {**cas, "tlsVerify": False},
+    }
+    env, mounts = container_env(values, "operator")
+    for name in ("SCOUT", "DATA_FILES", "CALLBACK"):
+        assert env[f"{name}_TLS_VERIFY"] == "false"
+        assert env[f"{name}_CA_FILE"].startswith("/etc/mwa-staging/")
+        assert str(Path(env[f"{name}_CA_FILE"]).parent) in mounts, name
+    assert json.loads(env["CALLBACK_ALLOWED_HOSTS"]) == ["asvo.example.org"]
+    assert json.loads(env["CALLBACK_ALLOWED_NETWORKS"]) == ["10.0.0.0/8"]
+    env, mounts = container_env(values, "bridge")
+    assert env["KAFKA_TLS_VERIFY"] == "false" and env["KAFKA_CA"].startswith("/etc/mwa-staging/")
+    assert str(Path(env["KAFKA_CA"]).parent) in mounts
+    values_text = (chart.CHART_DIR / "values.yaml").read_text()
+    assert "EMPTY MEANS ANY HOST" in values_text
 
 
 # ------------------------------------------------------------------ RBAC
@@ -715,9 +760,15 @@ def test_service_account_token_works(
         )
         patch = '{"status": {"phase": "Pending", "message": "patched by the bridge"}}'
         kubectl(
-            as_bridge, "patch", "stagingjob", "token-test", "--subresource=status",
-            "--type=merge", "-p", patch,
-        )  # fmt: skip
+            as_bridge,
+            "patch",
+            "stagingjob",
+            "token-test",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        )
         job["metadata"]["name"] = "refused"
         created = kubectl(as_bridge, "create", "-f", "-", stdin=yaml.safe_dump(job), check=False)
         assert created.returncode != 0 and "forbidden" in created.stderr, created.stderr
