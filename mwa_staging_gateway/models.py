@@ -34,21 +34,35 @@ class FileStatusRequest(BaseModel):
     files: list[str]
 
 
-class ErrorMessage(BaseModel):
-    """Every refusal (400, 401, 403, 404, 413): the original's ``errormsg`` shape."""
-
-    errormsg: str
-
-
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
-    """The OpenAPI ``responses`` of a route's refusals (401 everywhere a token is needed)."""
+    """The OpenAPI ``responses`` of a route's refusals (401 everywhere a token is needed).
+
+    A 400 may also be FastAPI's own ``{"detail": ...}`` for a body that is not
+    JSON at all (as the original, also FastAPI, answered).
+    """
     why = {
-        400: "The request breaks a limit or a rule (errormsg says which).",
+        400: "The request breaks a limit or a rule (errormsg says which), or its body is not"
+        " JSON (detail).",
         401: "No valid token.",
         403: "A live job already has this job_id.",
         404: "No such job (or Scout does not know the file).",
         413: "The body is larger than GATEWAY_MAX_BODY_BYTES.",
     }
-    return {
-        code: {"model": ErrorMessage, "description": why[code]} for code in sorted({401, *codes})
+    errormsg = {
+        "type": "object",
+        "required": ["errormsg"],
+        "properties": {"errormsg": {"type": "string"}},
     }
+    detail = {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "string"}},
+    }
+    found: dict[int | str, dict[str, object]] = {}
+    for code in sorted({401, *codes}):
+        schema = {"anyOf": [errormsg, detail]} if code == 400 else errormsg
+        found[code] = {
+            "description": why[code],
+            "content": {"application/json": {"schema": schema}},
+        }
+    return found
