@@ -84,7 +84,10 @@ def test_callback_allow_list_applies_to_http_jobs(spawn: Spawn, stack: Stack) ->
         {"job_id": job_id, "notify_url": stack.env["CALLBACK_URL"], "files": ["mwa/a/b.fits"]}
     )
     assert answer.status == 400
-    assert answer.body == {"errormsg": "notify_url: callbacks to host 127.0.0.1 are not allowed"}
+    assert answer.body == {
+        "errormsg": "notify_url: callback host 127.0.0.1 is not among the allowed callback hosts"
+        " (CALLBACK_ALLOWED_HOSTS)"
+    }
     assert api.status(job_id).status == 404
 
 
