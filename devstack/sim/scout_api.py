@@ -15,7 +15,6 @@ before looking at the request), then the token, then the request itself.
 from __future__ import annotations
 
 import asyncio
-
 import json
 import re
 import time
