@@ -85,6 +85,8 @@ OPERATOR_ENV = {
 KILLABLE = ["operator", "bridge", "scout", "haproxy", "kafka", "postgres", "etcd", "kube-apiserver"]
 STALLABLE = ["operator", "bridge", "postgres", "kafka", "haproxy"]
 FINAL_PHASES = ("Complete", "Failed")
+#: librdkafka's default session.timeout.ms, which the bridge keeps.
+KAFKA_SESSION_SECONDS = 45.0
 NS = "soak"
 
 
@@ -481,7 +483,11 @@ class Soak:
                 if self.explains_late(self.published_at[path], row["completion"]):
                     pending_explained += 1
                 else:
-                    lost.append(f"{job.name}: {path}")
+                    ago = row["completion"] - self.published_at[path]
+                    lost.append(
+                        f"{job.name} (code {row['code']}): {path} published {ago:.1f} s"
+                        " before the job ended"
+                    )
         unexplained = sorted(set(duplicates) - set(explained))
         if count_mismatch:
             problems.append(f"{len(count_mismatch)} count mismatches: {count_mismatch[:5]}")
@@ -534,6 +540,9 @@ class Soak:
         wall = time.time() - time.monotonic()
         for fault in self.faults:
             start, stop = fault.start + wall, (fault.end or time.monotonic()) + wall
+            # A dead or stalled group member keeps its partitions until its Kafka session
+            # times out (45 s) and the group rebalances: the fault's shadow lasts that long.
+            stop += KAFKA_SESSION_SECONDS + 15
             if fault.target in ("kafka-bridge", "kafka", "postgres") and (
                 start <= completion and stop >= published - 5
             ):
@@ -544,7 +553,8 @@ class Soak:
         with psycopg2.connect(self.stack.env["DATABASE_URL"]) as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT j.id, j.job_id, j.total_files, j.ready_files, j.error_files,"
-                " extract(epoch FROM j.completion_time) FROM jobs j WHERE j.namespace = %s",
+                " extract(epoch FROM j.completion_time), j.return_code"
+                " FROM jobs j WHERE j.namespace = %s",
                 (NS,),
             )
             rows = {
@@ -556,8 +566,9 @@ class Soak:
                     "paths": [],
                     "pending_published": [],
                     "completion": None if _done is None else float(_done),
+                    "code": code,
                 }
-                for pk, job_id, t, r, e, _done in cur.fetchall()
+                for pk, job_id, t, r, e, _done, code in cur.fetchall()
             }
             by_pk = {row["id"]: row for row in rows.values()}
             cur.execute(
