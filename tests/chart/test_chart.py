@@ -21,6 +21,7 @@ import yaml
 
 from devstack import build, chart
 from devstack.pki import PKI
+from tests.helpers import wait_for
 
 REPO = build.REPO_DIR
 CHART = chart.CHART_DIR
@@ -788,3 +789,38 @@ def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
         )
         kubectl(chart_env, "label", "crd", CRD_NAME, "app.kubernetes.io/managed-by-", check=False)
         kubectl(chart_env, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.mark.stack
+def test_namespace_editors_and_viewers_through_the_aggregated_roles(
+    chart_env: dict[str, str], release: tuple[str, str]
+) -> None:
+    """Bound to the default edit/view roles, users may create / only read StagingJobs.
+
+    The aggregation itself is the controller manager's work (its ClusterRole
+    aggregation controller); a stack without one cannot show it, and says so.
+    """
+    namespace, _ = release
+    edit_rules = kubectl(
+        chart_env, "get", "clusterrole", "edit", "-o", "jsonpath={.rules}"
+    ).stdout.strip()
+    if edit_rules in ("", "null", "[]"):
+        pytest.skip("no ClusterRole aggregation here (no kube-controller-manager in this stack)")
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        kubectl(
+            chart_env, "-n", namespace, "create", "rolebinding", f"{user}-{role}",
+            f"--clusterrole={role}", f"--user={user}",
+        )  # fmt: skip
+
+    def can(user: str, verb: str) -> str:
+        return kubectl(
+            chart_env, "auth", "can-i", verb, "stagingjobs.staging.mwatelescope.org",
+            "-n", namespace, "--as", user, check=False,
+        ).stdout.strip()  # fmt: skip
+
+    wait_for(lambda: can("alice", "create") == "yes", timeout=30, message="aggregated edit")
+    assert (can("alice", "create"), can("alice", "delete"), can("alice", "list")) == (
+        "yes", "yes", "yes",
+    )  # fmt: skip
+    assert (can("bob", "get"), can("bob", "watch")) == ("yes", "yes")
+    assert (can("bob", "create"), can("bob", "delete")) == ("no", "no")
