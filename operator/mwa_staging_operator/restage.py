@@ -1,9 +1,11 @@
 """The self-healing pass: files still without news are checked in the archive.
 
 Kafka messages can be lost, and a file already on disk when staged may never
-get one (docs/contracts.md, "Kafka notifications"). Every ``restageIntervalSeconds`` a staging
-job's pending files are looked up with Scout's file status: those on disk are
-recorded as ready (which may complete the job), the others are staged again.
+get one (docs/contracts.md, "Kafka notifications"). Every
+``restageIntervalSeconds`` a staging job's pending files are looked up with
+Scout's file status: those on disk are recorded as ready (which may complete
+the job, by the same rule as the bridge: ``mwa_staging.db.completion``), the
+others are staged again.
 Staging twice is harmless, so the worst a needless pass costs is Scout calls.
 
 A pass stops at the first Scout failure (the archive is probably down and every
