@@ -9,6 +9,8 @@ VENV_STAMP := $(VENV)/.installed
 STACK_ROOT ?= .stack
 SERVICES ?= operator,kafka-bridge
 APT_PACKAGES := haproxy postgresql-15
+# The node mode (make cluster, tests/cluster): container runtime, image builder, base rootfs.
+NODE_APT_PACKAGES := containerd runc docker.io debootstrap
 LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack bench
 PYTEST_ARGS ?=
 
@@ -25,7 +27,7 @@ deps: apt venv
 
 apt:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
