@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -172,16 +173,24 @@ class Containerd(Component):
         return _ctr(stack, "version", timeout=5).returncode == 0
 
     def after_ready(self, stack: Stack) -> None:
-        """Import the node's images (built and cached by devstack.images) if missing."""
-        wanted = images.ensure(only=["project", "haproxy", "postgresql", "pause"])
-        present = _ctr(stack, "images", "list", "-q").stdout.split()
-        for image in wanted.for_node():
-            if f"docker.io/{image.ref}" in present or image.ref in present:
-                continue
-            result = _ctr(stack, "images", "import", "--no-unpack=false", str(image.archive))
-            if result.returncode != 0:
-                raise RuntimeError(f"ctr images import {image.archive}: {result.stderr}")
-            stack.log(f"imported {image.ref} into the node's containerd")
+        import_images(stack)
+
+
+def import_images(stack: Stack) -> images.ImageSet:
+    """Build what is missing (devstack.images) and import it into the node's containerd.
+
+    The CRI plugin sees the ``k8s.io`` namespace only. Quick when nothing changed.
+    """
+    wanted = images.ensure(only=["project", "haproxy", "postgresql", "pause"])
+    present = _ctr(stack, "images", "list", "-q").stdout.split()
+    for image in wanted.for_node():
+        if f"docker.io/{image.ref}" in present or image.ref in present:
+            continue
+        result = _ctr(stack, "images", "import", str(image.archive))
+        if result.returncode != 0:
+            raise RuntimeError(f"ctr images import {image.archive}: {result.stderr}")
+        stack.log(f"imported {image.ref} into the node's containerd")
+    return wanted
 
 
 def _kubeconfig(stack: Stack, name: str, cert: Path, key: Path) -> Path:
@@ -395,7 +404,10 @@ class ControllerManager(ControlPlaneComponent):
             "--use-service-account-credentials=true",
             f"--cluster-signing-cert-file={pki.ca.cert}",
             f"--cluster-signing-key-file={pki.ca.key}",
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
+            # No Endpoints: pods have loopback addresses, which Endpoints refuse, and
+            # there is no kube-proxy to use them.
+            "--controllers=*,-nodeipam,-endpoint-controller,-endpointslice-controller,"
+            "-endpointslice-mirroring-controller",
             "--concurrent-gc-syncs=5",
             "--node-monitor-grace-period=40s",
         ]
@@ -416,6 +428,9 @@ class ControllerManager(ControlPlaneComponent):
         for index in range(LOCAL_VOLUMES):
             path = volumes / f"pv-{index}"
             path.mkdir(parents=True, exist_ok=True)
+            # hostPath volumes get no fsGroup: owned by the stand-in PostgreSQL's uid.
+            os.chown(path, POSTGRES_UID, POSTGRES_UID)
+            path.chmod(0o700)
             docs.append(
                 {
                     "apiVersion": "v1",
@@ -436,6 +451,7 @@ class ControllerManager(ControlPlaneComponent):
 
 
 LOCAL_STORAGE_CLASS = "devstack-local"
+POSTGRES_UID = 999
 LOCAL_VOLUMES = 4
 
 

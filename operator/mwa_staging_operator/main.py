@@ -111,7 +111,7 @@ def run() -> None:
     config = load()
     setup_logging(config.log_level, config.log_format)
     runtime = Runtime(config)
-    serve_http(config.operator_http_port, runtime.health)
+    serve_http(config.operator_http_port, runtime.health, config.http_bind_address)
     namespaces = config.watch_namespaces()
     kopf.run(
         standalone=True,
