@@ -17,10 +17,10 @@ PYTEST_ARGS ?=
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench chart-crd image kind-e2e
+.PHONY: help deps apt venv build up down status env lint format test demo bench chart-crd image images cluster kind-e2e
 
 help:
-	@echo "make demo | test | up | down | status | env | lint | format | bench | deps | build | chart-crd | image | kind-e2e"
+	@echo "make demo | cluster | test | up | down | status | env | lint | format | bench | deps | build | chart-crd | image | images | kind-e2e"
 
 ## deps: Debian packages and the project virtualenv (quick when done)
 deps: apt venv
@@ -45,7 +45,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-## build: kube-apiserver, kubectl, etcd, helm and the Kafka jars, cached per version
+## build: kube-apiserver, kubectl, kubelet, controller-manager, scheduler, etcd, helm, Kafka jars; cached per version
 build: venv
 	$(PY) -m devstack.build
 
@@ -89,10 +89,17 @@ bench: deps build
 chart-crd:
 	cp crds/stagingjobs.yaml charts/mwa-staging/files/crds/stagingjobs.yaml
 
-IMAGE ?= mwa-staging:0.1.0
-## image: build the container image (needs a Docker engine; none on this project's machines)
-image:
-	docker build -t $(IMAGE) .
+## cluster: the stack with a node, the chart installed on it, every pod Ready (idempotent)
+cluster: deps build
+	$(PY) -m devstack.cluster --root $(STACK_ROOT)
+
+## image: the project's image from its Dockerfile, on a local Python base (cached by input hash)
+image: apt venv
+	$(PY) -m devstack.images --project-only
+
+## images: every image the node runs (project, HAProxy, PostgreSQL, pause stand-ins)
+images: apt venv
+	$(PY) -m devstack.images
 
 ## kind-e2e: kind cluster + image + chart + the e2e tests (needs Docker and kind; not run by CI)
 kind-e2e: venv

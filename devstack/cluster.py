@@ -65,7 +65,10 @@ def release_values(
     ports = release_ports(stack, release)
     imgs = images.image_set()
     env = stack.env
-    api = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(stack.port("kube-apiserver"))}
+    api = {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(stack.port("kube-apiserver")),
+    }
 
     def env_list(extra: Mapping[str, str]) -> list[dict[str, str]]:
         return [{"name": k, "value": v} for k, v in {**api, **extra}.items()]
@@ -109,7 +112,9 @@ def release_values(
     }
 
 
-def _secret(name: str, namespace: str, data: Mapping[str, str], kind: str = "Opaque") -> dict[str, Any]:
+def _secret(
+    name: str, namespace: str, data: Mapping[str, str], kind: str = "Opaque"
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -197,7 +202,9 @@ def install(
     """``helm upgrade --install`` a node release (images, namespace, Secrets and values first)."""
     import_images(stack)
     ensure_secrets(stack, namespace)
-    path = write_values(stack, release, values if values is not None else release_values(stack, release))
+    path = write_values(
+        stack, release, values if values is not None else release_values(stack, release)
+    )
     args = ["upgrade", "--install", release, str(chart.CHART_DIR), "--namespace", namespace]
     args += ["--values", str(NODE_VALUES), "--values", str(path)]
     if wait:
@@ -257,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     except StackError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
-        print(f"devstack: logs are in {stack.root / 'logs'}; stop with `make down`", file=sys.stderr)
+        print(
+            f"devstack: logs are in {stack.root / 'logs'}; stop with `make down`", file=sys.stderr
+        )
         return 1
     stack.write_env()
     print(stack.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout)
-    print(f"Use it:  source {stack.root / 'env'}  (then kubectl apply -f examples/ ...); stop with make down")
+    print(
+        f"Use it:  source {stack.root / 'env'}  (then kubectl apply -f examples/ ...); stop with make down"
+    )
     return 0
 
 

@@ -77,9 +77,7 @@ def cgroup_controllers() -> list[Path]:
     """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (one directory each)."""
     if not CGROUP_V1_ROOT.is_dir():
         return []
-    return [
-        p for p in sorted(CGROUP_V1_ROOT.iterdir()) if p.is_dir() and not p.is_symlink()
-    ]
+    return [p for p in sorted(CGROUP_V1_ROOT.iterdir()) if p.is_dir() and not p.is_symlink()]
 
 
 def create_cgroup(name: str) -> None:

@@ -50,7 +50,14 @@ SUITE = "bookworm"
 #: Bump when the way the base root is made changes (the hash covers the rest).
 BASE_RECIPE_VERSION = "1"
 #: The paths of the project's build context (what .dockerignore lets through).
-PROJECT_CONTEXT = ("pyproject.toml", "README.md", "mwa_staging", "operator", "kafka_bridge", "devstack")
+PROJECT_CONTEXT = (
+    "pyproject.toml",
+    "README.md",
+    "mwa_staging",
+    "operator",
+    "kafka_bridge",
+    "devstack",
+)
 IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -81,8 +88,10 @@ def _hash_files(digest: hashlib._Hash, root: Path, paths: Iterable[str]) -> None
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
         for path in files:
             parts = set(path.relative_to(root).parts)
-            if parts & IGNORED_PARTS or path.suffix == ".pyc" or any(
-                part.endswith(".egg-info") for part in parts
+            if (
+                parts & IGNORED_PARTS
+                or path.suffix == ".pyc"
+                or any(part.endswith(".egg-info") for part in parts)
             ):
                 continue
             digest.update(str(path.relative_to(root)).encode() + b"\0")
@@ -252,9 +261,7 @@ class Engine:
         return env
 
     def docker(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [docker_bin(), *args], env=self.env, text=True, check=False, **kwargs
-        )  # type: ignore[call-overload]
+        return subprocess.run([docker_bin(), *args], env=self.env, text=True, check=False, **kwargs)  # type: ignore[call-overload]
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Engine]:
@@ -279,7 +286,12 @@ class Engine:
                         'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
                     )
                 )
-                procs.start(self.dir, "containerd", [containerd, "--config", str(config)], env=dict(os.environ))
+                procs.start(
+                    self.dir,
+                    "containerd",
+                    [containerd, "--config", str(config)],
+                    env=dict(os.environ),
+                )
                 procs.wait_until(
                     self.containerd_socket.exists,
                     timeout=30,
@@ -463,9 +475,7 @@ def ensure(images: ImageSet | None = None, *, only: Iterable[str] | None = None)
                         if image.key == "python":
                             for ca in _extra_cas():
                                 shutil.copy(ca, context / "extra-ca" / ca.name)
-                        _docker_build(
-                            engine, image, context, context / "Dockerfile", base_args
-                        )
+                        _docker_build(engine, image, context, context / "Dockerfile", base_args)
             engine.save(image)
             elapsed = time.monotonic() - start
             size = engine.size(image) / 1e6

@@ -95,6 +95,7 @@ class Stack:
         scout_nodes: int = 3,
         services: Sequence[str] = (),
         node: bool | None = None,
+        apply_crds: bool = True,
     ) -> None:
         if not 1 <= scout_nodes <= 6:
             raise ValueError("scout_nodes must be between 1 and 6")
@@ -108,6 +109,8 @@ class Stack:
         if node is None:
             node = bool(self._load_json("mode.json").get("node", False))
         self.node = node
+        #: Apply crds/ after the API server starts (as `make up` does); False: a clean cluster.
+        self.apply_crds = apply_crds
         self.pki = PKI(self.root / "pki")
         self._lock = threading.RLock()
         self._ports: dict[str, int] | None = None

@@ -151,6 +151,8 @@ class KubeApiserver(Component):
         return http.is_ok(self.url(stack) + "/readyz", context=self.ssl_context(stack))
 
     def after_ready(self, stack: Stack) -> None:
+        if not stack.apply_crds:
+            return
         crds = sorted(CRDS_DIR.glob("*.yaml")) if CRDS_DIR.is_dir() else []
         if not crds:
             stack.log(f"no CRDs in {CRDS_DIR}: nothing to apply")

@@ -151,6 +151,7 @@ class Containerd(Component):
                 '  runtime_type = "io.containerd.runc.v2"',
                 '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
                 "  SystemdCgroup = false",
+                f'  Root = "{base / "run" / "runc"}"',
                 '[plugins."io.containerd.grpc.v1.cri".cni]',
                 f'  bin_dir = "{base / "cni" / "bin"}"',
                 f'  conf_dir = "{base / "cni" / "net.d"}"',
@@ -207,7 +208,9 @@ def _kubeconfig(stack: Stack, name: str, cert: Path, key: Path) -> Path:
                 },
             }
         ],
-        "users": [{"name": name, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "users": [
+            {"name": name, "user": {"client-certificate": str(cert), "client-key": str(key)}}
+        ],
         "contexts": [{"name": name, "context": {"cluster": "devstack", "user": name}}],
         "current-context": name,
     }
@@ -452,7 +455,7 @@ class ControllerManager(ControlPlaneComponent):
 
 LOCAL_STORAGE_CLASS = "devstack-local"
 POSTGRES_UID = 999
-LOCAL_VOLUMES = 4
+LOCAL_VOLUMES = 6
 
 
 class Scheduler(ControlPlaneComponent):
@@ -496,6 +499,12 @@ def stop_pods(stack: Stack) -> None:
 def leftovers(stack: Stack) -> list[str]:
     """What of the node is still on the host (empty after a clean teardown)."""
     found = [f"mount {p}" for p in host.mounts_under(node_dir(stack))]
+    if CONTAINER_LOGS.is_dir():
+        found += [
+            f"log link {link}"
+            for link in CONTAINER_LOGS.iterdir()
+            if link.is_symlink() and str(os.readlink(link)).startswith(f"{node_dir(stack)}/")
+        ]
     for controller in host.cgroup_controllers():
         if (controller / cgroup_root(stack)).exists():
             found.append(f"cgroup {controller / cgroup_root(stack)}")
@@ -510,7 +519,11 @@ def leftovers(stack: Stack) -> list[str]:
 def _shims() -> list[object]:
     import psutil
 
-    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("containerd-shim")]
+    return [
+        p
+        for p in psutil.process_iter(["name"])
+        if (p.info["name"] or "").startswith("containerd-shim")
+    ]
 
 
 def teardown(stack: Stack) -> list[str]:
@@ -521,13 +534,21 @@ def teardown(stack: Stack) -> list[str]:
                 proc.kill()  # type: ignore[attr-defined]
     host.unmount_under(node_dir(stack))
     host.remove_cgroup(cgroup_root(stack))
+    # The kubelet's per-container links in /var/log/containers point into the node.
+    if CONTAINER_LOGS.is_dir():
+        for link in CONTAINER_LOGS.iterdir():
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and str(os.readlink(link)).startswith(f"{node_dir(stack)}/"):
+                    link.unlink()
     nodes = HOST_STATE / "nodes"
     (nodes / node_id(stack)).unlink(missing_ok=True)
     if nodes.is_dir() and not any(nodes.iterdir()):
         restored = host.restore_sysctls(HOST_STATE / "sysctls.json")
         if restored:
             stack.log(f"restored sysctls {restored}")
-        host.remove_empty_dirs(nodes, HOST_STATE, DEVICE_PLUGINS, DEVICE_PLUGINS.parent)
+        host.remove_empty_dirs(
+            nodes, HOST_STATE, DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOGS
+        )
     host.remove_empty_dirs(SHIM_SOCKETS, SHIM_SOCKETS.parent)
     return leftovers(stack)
 
