@@ -177,6 +177,14 @@ class Containerd(Component):
         import_images(stack)
 
 
+def _normalized(ref: str) -> str:
+    """The name containerd (and the kubelet) give an image reference without a registry."""
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if "/" in ref else f"docker.io/library/{ref}"
+
+
 def import_images(stack: Stack) -> images.ImageSet:
     """Build what is missing (devstack.images) and import it into the node's containerd.
 
@@ -185,7 +193,7 @@ def import_images(stack: Stack) -> images.ImageSet:
     wanted = images.ensure(only=["project", "haproxy", "postgresql", "pause"])
     present = _ctr(stack, "images", "list", "-q").stdout.split()
     for image in wanted.for_node():
-        if f"docker.io/{image.ref}" in present or image.ref in present:
+        if _normalized(image.ref) in present:
             continue
         result = _ctr(stack, "images", "import", str(image.archive))
         if result.returncode != 0:
@@ -409,7 +417,8 @@ class ControllerManager(ControlPlaneComponent):
             f"--cluster-signing-key-file={pki.ca.key}",
             # No Endpoints: pods have loopback addresses, which Endpoints refuse, and
             # there is no kube-proxy to use them.
-            "--controllers=*,-nodeipam,-endpoint-controller,-endpointslice-controller,"
+            "--controllers=*,-node-ipam-controller,-node-route-controller,-service-lb-controller,"
+            "-cloud-node-lifecycle-controller,-endpoints-controller,-endpointslice-controller,"
             "-endpointslice-mirroring-controller",
             "--concurrent-gc-syncs=5",
             "--node-monitor-grace-period=40s",
