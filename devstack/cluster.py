@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         waited = wait_pods_ready(stack, NAMESPACE)
         stack.log(
             f"release {RELEASE} in namespace {NAMESPACE}: every pod Ready"
-            f" {time.monotonic() - start:.1f} s after helm upgrade --install ({waited:.1f} s after helm returned)"
+            f" {time.monotonic() - start:.1f} s after helm upgrade --install"
+            f" ({waited:.1f} s after helm returned)"
         )
     except StackError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     stack.write_env()
     print(stack.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide").stdout)
     print(
-        f"Use it:  source {stack.root / 'env'}  (then kubectl apply -f examples/ ...); stop with make down"
+        f"Use it:  source {stack.root / 'env'}  (then kubectl apply -f examples/ ...);"
+        " stop with make down"
     )
     return 0
 

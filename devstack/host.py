@@ -106,9 +106,10 @@ def remove_cgroup(name: str, timeout: float = 10.0) -> list[str]:
             top = controller / name
             if not top.exists():
                 continue
-            for path in sorted(
+            below = sorted(
                 (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-            ) + [top]:
+            )
+            for path in [*below, top]:
                 with contextlib.suppress(FileNotFoundError):
                     try:
                         path.rmdir()

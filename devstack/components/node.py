@@ -46,6 +46,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import yaml
 
 from devstack import build, host, images, procs
@@ -133,7 +134,7 @@ class Containerd(Component):
         )
         cri = "\n".join(
             [
-                f'[plugins."io.containerd.internal.v1.opt"]',
+                '[plugins."io.containerd.internal.v1.opt"]',
                 f'  path = "{base / "opt"}"',
                 '[plugins."io.containerd.grpc.v1.cri"]',
                 f'  sandbox_image = "{images.image_set().pause.ref}"',
@@ -525,22 +526,21 @@ def leftovers(stack: Stack) -> list[str]:
     return found
 
 
-def _shims() -> list[object]:
-    import psutil
-
-    return [
-        p
-        for p in psutil.process_iter(["name"])
-        if (p.info["name"] or "").startswith("containerd-shim")
-    ]
+def _shims() -> list[psutil.Process]:
+    """containerd's shim processes (each keeps a pod's containers alive)."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("containerd-shim"):
+            found.append(proc)
+    return found
 
 
 def teardown(stack: Stack) -> list[str]:
     """After the processes stopped: unmount, remove cgroups, restore the host; leftovers."""
     for proc in _shims():
         with contextlib.suppress(Exception):
-            if f"{node_dir(stack)}/" in " ".join(proc.cmdline()):  # type: ignore[attr-defined]
-                proc.kill()  # type: ignore[attr-defined]
+            if f"{node_dir(stack)}/" in " ".join(proc.cmdline()):
+                proc.kill()
     host.unmount_under(node_dir(stack))
     host.remove_cgroup(cgroup_root(stack))
     # The kubelet's per-container links in /var/log/containers point into the node.
