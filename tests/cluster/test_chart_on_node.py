@@ -229,6 +229,43 @@ def test_jobs_end_to_end_through_the_pods(release: Release, fast_archive: None) 
 # --------------------------------------------------------------------------- failures
 
 
+def test_operator_waits_for_its_database(release: Release) -> None:
+    """An operator pod started while PostgreSQL is away waits (not Ready), never exits,
+    and becomes Ready once the database is back: no restart, no crash loop."""
+    stack, ns = release.stack, release.namespace
+    statefulset = "statefulset/mwa-staging-postgresql"
+    stack.kubectl("scale", "-n", ns, statefulset, "--replicas=0")
+    try:
+        wait_for(lambda: not pods(stack, ns, "postgresql"), timeout=120, message="no PostgreSQL")
+        old = ready_pod(stack, ns, "operator")["metadata"]["uid"]
+        stack.kubectl("delete", "pod", "-n", ns, "-l", "app.kubernetes.io/component=operator")
+
+        def waiting() -> dict[str, Any] | None:
+            for pod in pods(stack, ns, "operator"):
+                statuses = pod["status"].get("containerStatuses") or []
+                if pod["metadata"]["uid"] != old and statuses and "running" in statuses[0]["state"]:
+                    return pod
+            return None
+
+        pod = wait_for(waiting, timeout=120, message="a new operator pod running")
+        logs = wait_for(
+            lambda: (
+                "database is not reachable yet"
+                in (out := stack.kubectl("logs", "-n", ns, pod["metadata"]["name"]).stdout)
+                and out
+            ),
+            timeout=60,
+            message="the operator waiting for its database",
+        )
+        assert logs
+    finally:
+        stack.kubectl("scale", "-n", ns, statefulset, "--replicas=1")
+    ready = ready_pod(stack, ns, "operator")
+    assert ready["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert ready["status"]["containerStatuses"][0]["restartCount"] == 0
+    ready_pod(stack, ns, "postgresql")
+
+
 def test_operator_pod_deleted_during_a_10000_file_job(release: Release, fast_archive: None) -> None:
     stack, ns = release.stack, release.namespace
     jobs = Jobs(stack, ns)
