@@ -60,10 +60,11 @@ def release_values(
     watch_namespaces: Sequence[str] = (),
     crds_enabled: bool = True,
     operator_env: Mapping[str, str] | None = None,
+    pinned: images.ImageSet | None = None,
 ) -> dict[str, Any]:
     """The stack-specific values of a node release (on top of NODE_VALUES)."""
     ports = release_ports(stack, release)
-    imgs = images.image_set()
+    imgs = pinned or images.image_set()
     env = stack.env
     api = {
         "KUBERNETES_SERVICE_HOST": "127.0.0.1",
@@ -198,9 +199,10 @@ def install(
     extra_args: Sequence[str] = (),
     wait: bool = True,
     timeout: str = "10m",
+    pinned: images.ImageSet | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``helm upgrade --install`` a node release (images, namespace, Secrets and values first)."""
-    import_images(stack)
+    import_images(stack, pinned)
     ensure_secrets(stack, namespace)
     path = write_values(
         stack, release, values if values is not None else release_values(stack, release)

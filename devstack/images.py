@@ -481,9 +481,42 @@ def ensure(images: ImageSet | None = None, *, only: Iterable[str] | None = None)
             size = engine.size(image) / 1e6
             _log(f"built {image.ref} in {elapsed:.0f} s, {size:.0f} MB")
             _record(image, elapsed, size)
-        result = engine.docker("image", "prune", "-f", capture_output=True)
-        del result
+        _forget_old(engine, images)
+    _prune_archives(images)
     return images
+
+
+#: Archives kept per image (other worktrees may use older sources at the same time).
+KEEP_ARCHIVES = 3
+
+
+def _prune_archives(images: ImageSet) -> None:
+    """Keep the newest few archives of each image (each project build adds ~0.5 GB)."""
+    for image in images.all():
+        old = sorted(
+            images_dir().glob(f"{image.key}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        for path in old[KEEP_ARCHIVES:]:
+            if path != image.archive:
+                path.unlink(missing_ok=True)
+                path.with_suffix(".log").unlink(missing_ok=True)
+
+
+def _forget_old(engine: Engine, images: ImageSet) -> None:
+    """Drop the engine's other tags of our repositories (their archives are the cache)."""
+    current = {i.ref for i in images.all()}
+    listed = engine.docker(
+        "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", capture_output=True
+    )
+    repositories = {i.repository for i in images.all()}
+    stale = [
+        ref
+        for ref in listed.stdout.split()
+        if ref.rsplit(":", 1)[0] in repositories and ref not in current
+    ]
+    if stale:
+        engine.docker("image", "rm", *stale, capture_output=True)
+    engine.docker("image", "prune", "-f", capture_output=True)
 
 
 def _record(image: Image, seconds: float, megabytes: float) -> None:

@@ -186,12 +186,14 @@ def _normalized(ref: str) -> str:
     return f"docker.io/{ref}" if "/" in ref else f"docker.io/library/{ref}"
 
 
-def import_images(stack: Stack) -> images.ImageSet:
+def import_images(stack: Stack, pinned: images.ImageSet | None = None) -> images.ImageSet:
     """Build what is missing (devstack.images) and import it into the node's containerd.
 
     The CRI plugin sees the ``k8s.io`` namespace only. Quick when nothing changed.
+    ``pinned``: exactly these images (a test session keeps the set it started with,
+    even if the working tree changes meanwhile).
     """
-    wanted = images.ensure(only=["project", "haproxy", "postgresql", "pause"])
+    wanted = images.ensure(pinned, only=["project", "haproxy", "postgresql", "pause"])
     present = _ctr(stack, "images", "list", "-q").stdout.split()
     for image in wanted.for_node():
         if _normalized(image.ref) in present:

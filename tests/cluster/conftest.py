@@ -17,12 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from devstack import cluster as node_cluster
 from devstack import host
 from devstack.components.node import import_images
+from devstack.images import ImageSet
 from devstack.stack import Stack
 from tests.e2e.target import FAST_ENV, is_external
 
@@ -63,35 +65,35 @@ class Release:
     name: str
     namespace: str
     ready_seconds: float
+    #: The images of the session (built once, whatever the working tree does meanwhile).
+    images: ImageSet
 
-    def values(self, **kwargs: object) -> dict[str, object]:
+    def values(self) -> dict[str, Any]:
         return node_cluster.release_values(
-            self.stack,
-            self.name,
-            operator_env=FAST_ENV,
-            **kwargs,  # type: ignore[arg-type]
+            self.stack, self.name, operator_env=FAST_ENV, pinned=self.images
         )
 
-    def install(self, **kwargs: object) -> None:
-        values = kwargs.pop("values", None) or self.values()
+    def install(self, values: dict[str, Any] | None = None) -> None:
         result = node_cluster.install(
             self.stack,
             self.name,
             self.namespace,
-            values=values,
-            **kwargs,  # type: ignore[arg-type]
+            values=values or self.values(),
+            pinned=self.images,
         )
         assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="package")
 def release(cluster: Stack) -> Release:
-    import_images(cluster)  # built and imported before the clock starts
-    values = node_cluster.release_values(cluster, RELEASE, operator_env=FAST_ENV)
+    images = import_images(cluster)  # built and imported before the clock starts
+    values = node_cluster.release_values(cluster, RELEASE, operator_env=FAST_ENV, pinned=images)
     start = time.monotonic()
-    result = node_cluster.install(cluster, RELEASE, NAMESPACE, values=values, wait=False)
+    result = node_cluster.install(
+        cluster, RELEASE, NAMESPACE, values=values, wait=False, pinned=images
+    )
     assert result.returncode == 0, result.stderr
     node_cluster.wait_pods_ready(cluster, NAMESPACE, timeout=300)
     seconds = time.monotonic() - start
     print(f"\n[figure] helm upgrade --install -> every pod Ready: {seconds:.1f} s")
-    return Release(cluster, RELEASE, NAMESPACE, seconds)
+    return Release(cluster, RELEASE, NAMESPACE, seconds, images)

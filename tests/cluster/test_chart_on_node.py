@@ -403,17 +403,21 @@ def test_uninstall_keeps_the_crd_and_jobs_and_a_reinstall_resumes(
 # --------------------------------------------------------------------------- the CRD's owner
 
 
-def other_release(stack: Stack, name: str, *, crds_enabled: bool) -> tuple[str, dict[str, Any]]:
+def other_release(release: Release, name: str, *, crds_enabled: bool) -> tuple[str, dict[str, Any]]:
     namespace = f"{name}-{uuid.uuid4().hex[:6]}"
-    values = node_cluster.release_values(stack, name, crds_enabled=crds_enabled)
+    values = node_cluster.release_values(
+        release.stack, name, crds_enabled=crds_enabled, pinned=release.images
+    )
     values["kafka"]["group"] = f"bridge-{namespace}"  # its own consumer group on the topic
     return namespace, values
 
 
 def test_a_second_release_in_another_namespace(release: Release, fast_archive: None) -> None:
     stack = release.stack
-    namespace, values = other_release(stack, "second", crds_enabled=True)
-    refused = node_cluster.install(stack, "second", namespace, values=values, wait=False)
+    namespace, values = other_release(release, "second", crds_enabled=True)
+    refused = node_cluster.install(
+        stack, "second", namespace, values=values, wait=False, pinned=release.images
+    )
     assert refused.returncode != 0
     assert f"belongs to release {release.namespace}/{release.name}" in refused.stderr, (
         refused.stderr
@@ -421,7 +425,9 @@ def test_a_second_release_in_another_namespace(release: Release, fast_archive: N
     assert "crds.enabled=false" in refused.stderr
     values["crds"] = {"enabled": False}
     try:
-        installed = node_cluster.install(stack, "second", namespace, values=values)
+        installed = node_cluster.install(
+            stack, "second", namespace, values=values, pinned=release.images
+        )
         assert installed.returncode == 0, installed.stderr
         node_cluster.wait_pods_ready(stack, namespace, timeout=180)
         jobs = Jobs(stack, namespace)
@@ -448,15 +454,19 @@ def test_a_crd_applied_with_kubectl_first(release: Release) -> None:
         "annotate", "crd", CRD, "meta.helm.sh/release-name-", "meta.helm.sh/release-namespace-"
     )
     stack.kubectl("label", "crd", CRD, "app.kubernetes.io/managed-by-")
-    namespace, values = other_release(stack, "third", crds_enabled=True)
+    namespace, values = other_release(release, "third", crds_enabled=True)
     try:
-        refused = node_cluster.install(stack, "third", namespace, values=values, wait=False)
+        refused = node_cluster.install(
+            stack, "third", namespace, values=values, wait=False, pinned=release.images
+        )
         assert refused.returncode != 0
         assert re.search(r"no Helm release owns it.*crds\.enabled=false", refused.stderr), (
             refused.stderr
         )
         values["crds"] = {"enabled": False}
-        installed = node_cluster.install(stack, "third", namespace, values=values)
+        installed = node_cluster.install(
+            stack, "third", namespace, values=values, pinned=release.images
+        )
         assert installed.returncode == 0, installed.stderr
         node_cluster.wait_pods_ready(stack, namespace, timeout=180)
     finally:
