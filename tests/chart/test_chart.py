@@ -429,7 +429,7 @@ def test_rendered_crd_equals_the_repo_crd() -> None:
 
 def test_crd_can_be_left_out() -> None:
     helm()
-    assert not of_kind(chart.render({"crds": {"install": False}}), "CustomResourceDefinition")
+    assert not of_kind(chart.render({"crds": {"enabled": False}}), "CustomResourceDefinition")
     crd = of_kind(chart.render({"crds": {"keep": False}}), "CustomResourceDefinition")[0]
     assert "annotations" not in crd["metadata"]
 
@@ -539,7 +539,7 @@ def release(chart_env: dict[str, str]) -> Iterator[tuple[str, str]]:
     """The chart installed into a namespace of its own, without touching the CRD.
 
     The stack applied the CRD already (not through Helm), so this release leaves it
-    out (crds.install=false); test_crd_lifecycle covers the CRD through Helm.
+    out (crds.enabled=false); test_crd_lifecycle covers the CRD through Helm.
     """
     namespace = f"chart-{uuid.uuid4().hex[:8]}"
     name = "mwa"
@@ -551,7 +551,7 @@ def release(chart_env: dict[str, str]) -> Iterator[tuple[str, str]]:
         "--namespace",
         namespace,
         "--set",
-        "crds.install=false",
+        "crds.enabled=false",
         "--set",
         "gateway.enabled=true",
         "--set",
@@ -732,8 +732,9 @@ def test_service_account_token_works(
 def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
     """Helm takes over the stack's CRD, keeps it Established, and uninstall leaves it.
 
-    The CRD was applied by the stack (kubectl), so a plain install refuses it; an
-    existing installation moves under Helm with --take-ownership. Its spec is the
+    The CRD was applied by the stack (kubectl), so a plain install refuses it and
+    says how to go on (crds.enabled=false, or adoption); an existing installation
+    moves under Helm with --take-ownership and crds.takeOwnership. Its spec is the
     same file, so the shared CRD does not change; Helm's metadata is removed after.
     """
     namespace = f"chart-crd-{uuid.uuid4().hex[:8]}"
@@ -755,10 +756,14 @@ def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
     try:
         refused = run_helm("install", name, str(CHART), *common, env=chart_env)
         assert refused.returncode != 0
-        assert "exists and cannot be imported" in refused.stderr, refused.stderr
+        assert "no Helm release owns it" in refused.stderr, refused.stderr
+        assert "crds.enabled=false" in refused.stderr, refused.stderr
         run_helm("uninstall", name, "--namespace", namespace, env=chart_env)
 
-        taken = run_helm("install", name, str(CHART), *common, "--take-ownership", env=chart_env)
+        taken = run_helm(
+            "install", name, str(CHART), *common, "--take-ownership",
+            "--set", "crds.takeOwnership=true", env=chart_env,
+        )  # fmt: skip
         assert taken.returncode == 0, taken.stderr
         kubectl(
             chart_env, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}"
