@@ -39,7 +39,7 @@ def run() -> None:
     setup_logging(settings.log_level, settings.log_format)
     settings.warn_insecure()  # TLS verification turned off: said loudly at every start
     health = Health(settings.bridge_unhealthy_after_s)
-    serve_http(settings.bridge_http_port, health.check)
+    serve_http(settings.bridge_http_port, health.check, settings.http_bind_address)
     stop = threading.Event()
     consumer: BridgeConsumer | None = None
 
