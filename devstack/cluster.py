@@ -109,7 +109,12 @@ def release_values(
         },
         "bridge": {"httpPort": ports["bridge"], "extraEnv": env_list({})},
         "dataFiles": {"url": env["DATA_FILES_URL"]},
-        "callback": {"credentials": {"existingSecret": CALLBACK_SECRET}},
+        # The stack's callback receiver is on loopback, which callbacks may reach only
+        # when allowed explicitly (mwa_staging.callback_policy).
+        "callback": {
+            "credentials": {"existingSecret": CALLBACK_SECRET},
+            "allowedNetworks": ["127.0.0.0/8"],
+        },
     }
 
 
