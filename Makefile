@@ -7,15 +7,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 STACK_ROOT ?= .stack
-SERVICES ?= operator,kafka-bridge
+SERVICES ?= operator,kafka-bridge,gateway
 APT_PACKAGES := haproxy postgresql-15
-LINT_PATHS := mwa_staging operator/mwa_staging_operator kafka_bridge devstack bench
+LINT_PATHS := mwa_staging operator/mwa_staging_operator mwa_staging_gateway kafka_bridge devstack bench
 PYTEST_ARGS ?=
 
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench chart-crd image kind-e2e
+.PHONY: help deps apt venv build up down status env lint format test demo bench bench-bridge bench-gateway chart-crd image kind-e2e
 
 help:
 	@echo "make demo | test | up | down | status | env | lint | format | bench | deps | build | chart-crd | image | kind-e2e"
@@ -80,8 +80,14 @@ demo: up
 	$(PY) -m devstack.demo --root $(STACK_ROOT)
 
 ## bench: benchmarks on their own stacks (figures as JSON on stdout)
-bench: deps build
+bench: bench-bridge bench-gateway
+
+bench-bridge: deps build
 	$(PY) -m bench.bridge_bench $(BENCH_ARGS)
+
+## bench-gateway: a 100,000-file POST /staging: time to 202, to Staging, to the callback
+bench-gateway: deps build
+	$(PY) -m bench.gateway_bench $(GATEWAY_BENCH_ARGS)
 
 ## chart-crd: copy the CRD into the chart (a test fails when they differ)
 chart-crd:

@@ -87,11 +87,16 @@ def _print_summary(stack: Stack) -> None:
         "SIM_CONTROL_URL",
         "DATA_FILES_URL",
         "CALLBACK_URL",
+        "STAGING_API_URL",
     ):
         # Passwords stay in the env file (mode 600), not on the terminal.
         print(f"  {key:22} {_hide_password(env[key])}")
     for name in stack.services:
-        port = env["OPERATOR_HTTP_PORT" if name == "operator" else "BRIDGE_HTTP_PORT"]
+        port = env[
+            {"operator": "OPERATOR_HTTP_PORT", "gateway": "GATEWAY_PORT"}.get(
+                name, "BRIDGE_HTTP_PORT"
+            )
+        ]
         state = f"skipped ({skipped[name]})" if name in skipped else f"http://127.0.0.1:{port}"
         print(f"  {name:22} {state}")
     for name, reason in skipped.items():

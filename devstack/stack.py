@@ -44,17 +44,19 @@ from devstack.components.etcd import Etcd
 from devstack.components.haproxy import Haproxy
 from devstack.components.kafka import Kafka
 from devstack.components.postgres import Postgres, database_url
-from devstack.components.services import KafkaBridge, Operator, Service
+from devstack.components.services import Gateway, KafkaBridge, Operator, Service
 from devstack.components.sims import Banksia, Callback, DataFiles, ScoutNode
 from devstack.pki import PKI
 
-SERVICE_KINDS = ("operator", "kafka-bridge")
-SPAWNABLE_KINDS = ("operator", "kafka-bridge", "scout", "data-files", "callback")
+SERVICE_KINDS = ("operator", "kafka-bridge", "gateway")
+SPAWNABLE_KINDS = ("operator", "kafka-bridge", "gateway", "scout", "data-files", "callback")
 
 KAFKA_USER = "mwa-staging"
 SCOUT_API_USER = "mwa-scout"
 RESULT_USERNAME = "asvo"
 DEFAULT_TOPIC = "mwa-staging"
+#: The namespace the stack's HTTP gateway creates its StagingJobs in.
+GATEWAY_NAMESPACE = "mwa-asvo"
 
 SCOUT_PATHS = {
     "SCOUT_LOGIN_URL": "/v1/security/login",
@@ -83,7 +85,7 @@ class Stack:
     """A development stack rooted at ``root``.
 
     ``scout_nodes`` Scout simulator nodes (1 to 6) sit behind HAProxy; ``services``
-    is a subset of ``{"operator", "kafka-bridge"}`` to run from the working tree.
+    is a subset of ``{"operator", "kafka-bridge", "gateway"}`` to run from the working tree.
     """
 
     def __init__(self, root: Path, *, scout_nodes: int = 3, services: Sequence[str] = ()) -> None:
@@ -126,6 +128,7 @@ class Stack:
         keys += ["kafka-plaintext", "kafka-sasl", "kafka-controller", "banksia"]
         keys += self.scout_names()
         keys += ["haproxy", "data-files", "callback", "operator-http", "kafka-bridge-http"]
+        keys += ["gateway-http"]
         return keys
 
     def _allocate(self, keys: Sequence[str]) -> None:
@@ -200,6 +203,8 @@ class Stack:
             comps.append(Operator("operator", INFRA))
         if "kafka-bridge" in self.services:
             comps.append(KafkaBridge("kafka-bridge", INFRA))
+        if "gateway" in self.services:
+            comps.append(Gateway("gateway", INFRA))
         result = {c.name: c for c in comps}
         result.update(self._spawned)
         return result
@@ -244,6 +249,13 @@ class Stack:
                 "RESULT_PASSWORD": self.secret("result-password"),
                 "OPERATOR_HTTP_PORT": str(self.port("operator-http")),
                 "BRIDGE_HTTP_PORT": str(self.port("kafka-bridge-http")),
+                "GATEWAY_PORT": str(self.port("gateway-http")),
+                "GATEWAY_NAMESPACE": GATEWAY_NAMESPACE,
+                # The HTTP API (the original's), and a bearer token it accepts.
+                "STAGING_API_URL": f"http://127.0.0.1:{self.port('gateway-http')}",
+                "STAGING_API_TOKEN": self.secret(
+                    "gateway-token", lambda: secrets.token_urlsafe(32)
+                ),
                 "PATH": os.pathsep.join(
                     [
                         str(build.k8s_bin_dir()),
@@ -259,7 +271,7 @@ class Stack:
         return self.env[name]
 
     def service_env(self, kind: str) -> dict[str, str]:
-        """The variables a service (``operator`` or ``kafka-bridge``) is started with."""
+        """The variables a service (``operator``, ``kafka-bridge``, ``gateway``) is started with."""
         if kind not in SERVICE_KINDS:
             raise ValueError(f"{kind!r} is not a service kind {SERVICE_KINDS}")
         env = self.env
@@ -279,8 +291,12 @@ class Stack:
             "RESULT_PASSWORD",
             "OPERATOR_HTTP_PORT",
             "BRIDGE_HTTP_PORT",
+            "GATEWAY_PORT",
+            "GATEWAY_NAMESPACE",
         ]
         result = {name: env[name] for name in names}
+        if kind == "gateway":  # the token it accepts; no other process gets it
+            result["GATEWAY_TOKENS"] = env["STAGING_API_TOKEN"]
         result.update(
             {
                 "KAFKA_SERVER": env["KAFKA_BOOTSTRAP"],
@@ -483,6 +499,8 @@ class Stack:
             comp = Operator(name, extra_env=extra)
         elif kind == "kafka-bridge":
             comp = KafkaBridge(name, extra_env=extra)
+        elif kind == "gateway":
+            comp = Gateway(name, extra_env=extra)
         elif kind == "scout":
             comp = ScoutNode(name)
         elif kind == "data-files":

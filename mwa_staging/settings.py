@@ -179,6 +179,78 @@ class Settings(BaseSettings):
         default=None, description="Heartbeat row name; default host name and process id."
     )
 
+    # --- File lists (spec.filesFrom: ConfigMaps holding big lists) ----------
+    filelist_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long after a job's creation the operator waits for a ConfigMap of"
+        " spec.filesFrom that does not exist yet (the gateway creates them just after the job).",
+    )
+    filelist_max_paths: int = Field(
+        default=1_000_000, ge=1, description="Most paths a job's spec.filesFrom may hold."
+    )
+    filelist_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Most bytes the decompressed lists of one job may take (a gzip bomb guard).",
+    )
+
+    # --- HTTP gateway (the original service's API) ---------------------------
+    gateway_namespace: str = Field(
+        default="default", description="Namespace where the gateway creates its StagingJobs."
+    )
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 8082
+    gateway_auth: Literal["token", "none"] = Field(
+        default="token",
+        description="token: every API call needs a bearer token (or Basic auth with a token as"
+        " password); none: no authentication (the original's behaviour; logged as a warning).",
+    )
+    gateway_tokens: SecretStr = Field(
+        default=SecretStr(""), description="Accepted tokens, separated by commas or whitespace."
+    )
+    gateway_tokens_file: str | None = Field(
+        default=None,
+        description="A file of accepted tokens (one per line, e.g. a mounted Secret); re-read"
+        " when it changes, so tokens rotate without a restart.",
+    )
+    gateway_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    gateway_max_files: int = Field(
+        default=100_000, ge=1, description="Most paths in one POST /staging or /filestatus."
+    )
+    gateway_max_path_length: int = Field(default=4096, ge=1, le=4096)
+    gateway_max_url_length: int = Field(default=2048, ge=1, le=2048)
+    gateway_inline_files: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Jobs with up to this many paths carry them in spec.files; larger ones in"
+        " gzip-compressed ConfigMaps named by spec.filesFrom.",
+    )
+    gateway_confirm_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long POST /staging waits for the operator to record the new job (to"
+        " answer 403 for a duplicate job id created meanwhile) before answering 202 anyway.",
+    )
+    gateway_job_ttl_seconds: int | None = Field(
+        default=86_400,
+        ge=0,
+        description="ttlSecondsAfterFinished of the StagingJobs the gateway creates (None: keep).",
+    )
+    gateway_scout_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Retry budget of one Scout call made for an HTTP request."
+    )
+    gateway_filestatus_concurrency: int = Field(default=16, ge=1)
+    fscache_poll_seconds: float = Field(
+        default=60.0, gt=0, description="How often the gateway reads Scout's /v1/fscache."
+    )
+    report_expiredays: int = Field(
+        default=30, ge=0, description="Days a failed-job report is kept (REPORT_EXPIREDAYS)."
+    )
+
     # --- Process -----------------------------------------------------------
     operator_http_port: int = 8080
     bridge_http_port: int = 8081
@@ -202,6 +274,10 @@ class Settings(BaseSettings):
         user = quote(self.dbuser, safe="")
         password = quote(self.dbpassword.get_secret_value(), safe="")
         return f"postgresql://{user}:{password}@{self.dbhost}:{self.dbport}/{self.dbname}"
+
+    def gateway_token_list(self) -> list[str]:
+        """The tokens of GATEWAY_TOKENS (the file's are read by the gateway itself)."""
+        return self.gateway_tokens.get_secret_value().replace(",", " ").split()
 
     def watch_namespaces(self) -> list[str]:
         """The namespaces of WATCH_NAMESPACE (empty list: every namespace)."""

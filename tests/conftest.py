@@ -56,7 +56,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """
     if is_external():
         pytest.skip(LOCAL_ONLY_REASON)
-    the_stack = Stack(tmp_path_factory.mktemp("stack"), services=("operator", "kafka-bridge"))
+    the_stack = Stack(
+        tmp_path_factory.mktemp("stack"), services=("operator", "kafka-bridge", "gateway")
+    )
     try:
         the_stack.up()
         yield the_stack

@@ -1,4 +1,5 @@
-"""The project's own services, run from the working tree: the operator and the bridge.
+"""The project's own services, run from the working tree: the operator, the bridge and the
+HTTP gateway.
 
 They get their whole configuration from the environment (``Stack.service_env``),
 the same variable names the Helm chart sets, and answer ``GET /healthz`` on their
@@ -70,3 +71,16 @@ class KafkaBridge(Service):
     kind = "kafka-bridge"
     module = "kafka_bridge"
     port_var = "BRIDGE_HTTP_PORT"
+
+
+class Gateway(Service):
+    """The HTTP gateway (the original API), serving the stack's ``GATEWAY_NAMESPACE``."""
+
+    kind = "gateway"
+    module = "mwa_staging_gateway"
+    port_var = "GATEWAY_PORT"
+
+    def prepare(self, stack: Stack) -> None:
+        namespace = stack.env_value("GATEWAY_NAMESPACE")
+        if stack.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            stack.kubectl("create", "namespace", namespace, check=False)

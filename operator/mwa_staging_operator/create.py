@@ -61,7 +61,7 @@ from mwa_staging.resolve import ResolveError, resolve_observation
 from mwa_staging.scout import ScoutError
 from mwa_staging.settings import Settings
 from mwa_staging.vocabulary import FAILURE_REASONS, JobState, Reason, ReturnCode
-from mwa_staging_operator import metrics
+from mwa_staging_operator import filelists, metrics
 from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.services import Services
 
@@ -213,7 +213,7 @@ async def _lookup(
     """The job's paths, waiting no longer than its deadline; None when the job ended."""
     started = time.monotonic()
     try:
-        paths = await asyncio.wait_for(_resolve(app, spec), _until_deadline(job))
+        paths = await asyncio.wait_for(_resolve(app, job, spec), _until_deadline(job))
     except ResolveError as exc:
         await _fail(app, job, ref, exc.code, exc.message)
         return None
@@ -337,7 +337,9 @@ def _ids(job: JobRow, ref: ObjectRef) -> tuple[int, str, str]:
     return job.job_id, ref.namespace, ref.name
 
 
-async def _resolve(app: Services, spec: Mapping[str, Any]) -> list[str]:
+async def _resolve(app: Services, job: JobRow, spec: Mapping[str, Any]) -> list[str]:
+    if spec.get("filesFrom"):
+        return await filelists.load(app, job.namespace, spec["filesFrom"], job.created_at)
     files = spec.get("files")
     if files is not None:
         paths = unique_paths([str(f) for f in files])

@@ -42,6 +42,7 @@ FINALIZER = f"{GROUP}/finalizer"
 #: Spec fields left out of kopf's last-handled-configuration (immutable, possibly huge).
 DIFFBASE_IGNORED = [
     "spec.files",
+    "spec.filesFrom",
     "spec.observation",
     "spec.callback",
     "spec.jobId",

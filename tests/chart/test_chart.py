@@ -43,6 +43,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "kafka": {"ca": {"existingSecret": "kafka"}, "credentials": {"existingSecret": "kafka"}},
     "callback": {"ca": {"existingSecret": "cb-ca"}, "credentials": {"existingSecret": "cb"}},
     "metrics": {"serviceMonitor": {"enabled": True}},
+    "gateway": {"enabled": True, "auth": {"tokens": {"existingSecret": "gw-tokens"}}},
 }
 
 RENDERINGS = {
@@ -51,6 +52,7 @@ RENDERINGS = {
     "kind": {"values_files": [KIND]},
     "everything": {"values": EVERYTHING_ON},
     "cluster-wide": {"values": {"rbac": {"clusterWide": True}}},
+    "gateway-no-auth": {"values": {"gateway": {"enabled": True, "auth": {"enabled": False}}}},
 }
 
 
@@ -272,7 +274,7 @@ OPERATOR_RULES = (
     }
     | {("staging.mwatelescope.org", "stagingjobs/status", v) for v in ("get", "patch", "update")}
     | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
-    | {("", "secrets", "get")}
+    | {("", "secrets", "get"), ("", "configmaps", "get")}
 )
 BRIDGE_RULES = {
     ("staging.mwatelescope.org", "stagingjobs", "get"),
@@ -282,18 +284,110 @@ BRIDGE_RULES = {
 }
 
 
+GATEWAY_RULES = {
+    ("staging.mwatelescope.org", "stagingjobs", v) for v in ("create", "get", "list", "delete")
+} | {("", "configmaps", "create")}
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def component_roles(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Roles of the components (the ClusterRoles aggregated into view/edit are users')."""
+    return [
+        d
+        for d in of_kind(docs, kind)
+        if not any(k.startswith(AGGREGATE) for k in (d["metadata"].get("labels") or {}))
+    ]
+
+
 @pytest.mark.parametrize(("name", "kind"), [("default", "Role"), ("cluster-wide", "ClusterRole")])
 def test_rbac_least_privilege(name: str, kind: str) -> None:
     docs = render(name)
     other = "ClusterRole" if kind == "Role" else "Role"
-    assert not of_kind(docs, other)
+    assert not component_roles(docs, other)
     assert rules(by_name(docs, kind, "-operator")) == OPERATOR_RULES
     bridge = rules(by_name(docs, kind, "-bridge"))
     assert bridge == BRIDGE_RULES
     assert not {verb for _, res, verb in bridge if res == "stagingjobs"} & {"create", "delete"}
-    assert len(of_kind(docs, kind)) == 2, "HAProxy gets no role"
+    assert len(component_roles(docs, kind)) == 2, "HAProxy gets no role (nor the gateway: off)"
     binding = by_name(docs, kind + "Binding", "-bridge")
     assert binding["subjects"][0]["name"].endswith("-bridge")
+
+
+def test_gateway_has_a_role_in_its_namespace_only() -> None:
+    helm()
+    values = {
+        "gateway": {
+            "enabled": True,
+            "namespace": "asvo",
+            "auth": {"tokens": {"existingSecret": "t"}},
+        },
+        "rbac": {"clusterWide": True},
+    }
+    docs = chart.render(values, namespace="ops")
+    [role] = [d for d in of_kind(docs, "Role") if d["metadata"]["name"].endswith("-gateway")]
+    assert role["metadata"]["namespace"] == "asvo"
+    assert rules(role) == GATEWAY_RULES
+    assert not [d for d in of_kind(docs, "ClusterRole") if "gateway" in d["metadata"]["name"]]
+    binding = by_name(docs, "RoleBinding", "-gateway")
+    subject = binding["subjects"][0]
+    assert subject["name"].endswith("-gateway") and subject["namespace"] == "ops"
+    # Namespaced mode: the operator serves the gateway's namespace too.
+    docs = chart.render({**values, "rbac": {"clusterWide": False}}, namespace="ops")
+    env = by_name(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    watched = next(e["value"] for e in env["env"] if e["name"] == "WATCH_NAMESPACE")
+    assert watched == "ops,asvo"
+    operator_roles = {
+        d["metadata"]["namespace"]
+        for d in of_kind(docs, "Role")
+        if "operator" in d["metadata"]["name"]
+    }
+    assert operator_roles == {"ops", "asvo"}
+
+
+def test_gateway_authentication_from_a_secret_or_explicitly_off() -> None:
+    docs = render("everything")
+    gateway = by_name(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    [container] = gateway["containers"]
+    assert container["command"] == ["mwa-staging-gateway"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEWAY_AUTH"] == "token"
+    assert env["GATEWAY_TOKENS_FILE"] == "/etc/mwa-staging/gateway-tokens/tokens"
+    [tokens] = [v for v in gateway["volumes"] if v["name"] == "gateway-tokens"]
+    assert tokens["secret"]["secretName"] == "gw-tokens"
+    assert by_name(docs, "Service", "gateway")["spec"]["ports"][0]["targetPort"] == "http"
+    off = by_name(render("gateway-no-auth"), "Deployment", "gateway")["spec"]["template"]
+    off_env = {e["name"]: e.get("value") for e in off["spec"]["containers"][0]["env"]}
+    assert off_env["GATEWAY_AUTH"] == "none" and "GATEWAY_TOKENS_FILE" not in off_env
+    refused = run_helm("template", "x", str(CHART), "--set", "gateway.enabled=true")
+    assert refused.returncode != 0
+    assert "gateway.auth.tokens.existingSecret is required" in refused.stderr
+
+
+def test_aggregated_cluster_roles_for_viewers_and_editors() -> None:
+    docs = render("default")
+    view = by_name(docs, "ClusterRole", "-view")
+    edit = by_name(docs, "ClusterRole", "-edit")
+    assert {k for k in view["metadata"]["labels"] if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "view",
+        AGGREGATE + "edit",
+        AGGREGATE + "admin",
+    }
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "edit",
+        AGGREGATE + "admin",
+    }
+    assert rules(view) == {
+        ("staging.mwatelescope.org", r, v)
+        for r in ("stagingjobs", "stagingjobs/status")
+        for v in ("get", "list", "watch")
+    }
+    assert rules(edit) == {
+        ("staging.mwatelescope.org", "stagingjobs", v)
+        for v in ("create", "delete", "deletecollection", "patch", "update")
+    }
+    helm()
+    off = chart.render({"rbac": {"aggregateToDefaultRoles": False}})
+    assert not of_kind(off, "ClusterRole")
 
 
 def test_rbac_roles_in_each_watched_namespace() -> None:
@@ -457,6 +551,10 @@ def release(chart_env: dict[str, str]) -> Iterator[tuple[str, str]]:
         namespace,
         "--set",
         "crds.install=false",
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "gateway.auth.tokens.existingSecret=gateway-tokens",
         "--timeout",
         "120s",
         env=chart_env,
@@ -495,6 +593,9 @@ def test_helm_install_creates_every_component(
         f"configmap/{name}-mwa-staging-haproxy",
         f"role.rbac.authorization.k8s.io/{name}-mwa-staging-operator",
         f"role.rbac.authorization.k8s.io/{name}-mwa-staging-bridge",
+        f"deployment.apps/{name}-mwa-staging-gateway",
+        f"service/{name}-mwa-staging-gateway",
+        f"role.rbac.authorization.k8s.io/{name}-mwa-staging-gateway",
     ]:
         assert expected in out.split(), expected
 
@@ -510,6 +611,8 @@ CAN_I = {
         ("create", "events", "", True),
         ("create", "events.events.k8s.io", "", True),
         ("get", "secrets", "", True),
+        ("get", "configmaps", "", True),
+        ("create", "configmaps", "", False),
         ("create", "stagingjobs", "", False),
         ("list", "secrets", "", False),
         ("create", "pods", "", False),
@@ -526,6 +629,21 @@ CAN_I = {
         ("update", "stagingjobs", "", False),
         ("get", "secrets", "", False),
         ("create", "events", "", False),
+    ],
+    "gateway": [
+        ("create", "stagingjobs", "", True),
+        ("get", "stagingjobs", "", True),
+        ("list", "stagingjobs", "", True),
+        ("delete", "stagingjobs", "", True),
+        ("create", "configmaps", "", True),
+        ("patch", "stagingjobs", "", False),
+        ("update", "stagingjobs", "", False),
+        ("patch", "stagingjobs", "status", False),
+        ("get", "configmaps", "", False),
+        ("delete", "configmaps", "", False),
+        ("get", "secrets", "", False),
+        ("create", "events", "", False),
+        ("create", "pods", "", False),
     ],
     "haproxy": [
         ("get", "stagingjobs", "", False),

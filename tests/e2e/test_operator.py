@@ -340,7 +340,7 @@ def test_ttl_is_the_only_field_that_may_change(jobs: Jobs, target: Target) -> No
     ("spec", "field", "words"),
     [
         ({"files": ["a"], "observation": {"obsId": 5}}, "spec", "exactly one of spec.files"),
-        ({}, "spec", "exactly one of spec.files or spec.observation"),
+        ({}, "spec", "exactly one of spec.files, spec.filesFrom or spec.observation"),
         ({"files": []}, "spec.files", "at least 1 items"),
         ({"files": [f"p{i}" for i in range(10_001)]}, "spec.files", "at most 10000 items"),
         ({"files": ["a\nb"]}, "spec.files[0]", "should match"),

@@ -23,6 +23,8 @@ import pytest
 from devstack import build, chart
 from devstack.stack import Stack
 from tests.e2e import sj
+from tests.gateway.client import Api
+from tests.helpers import free_port, wait_for
 
 # local_only: the test stops the stack's services and spawns its own.
 pytestmark = [pytest.mark.stack, pytest.mark.local_only]
@@ -45,6 +47,7 @@ def namespace(stack: Stack) -> Iterator[str]:
     installed = _helm(
         stack, "install", RELEASE, str(chart.CHART_DIR), "--namespace", ns,
         "--set", "crds.install=false", "--set", f"watchNamespaces={{{ns}}}",
+        "--set", "gateway.enabled=true", "--set", "gateway.auth.tokens.existingSecret=gw",
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     try:
@@ -100,3 +103,52 @@ def test_job_completes_with_the_charts_service_accounts(stack: Stack, namespace:
     for log_name in ("operator-rbac", "kafka-bridge-rbac"):
         log = stack.log_path(log_name).read_text(errors="replace")
         assert "Forbidden" not in log and " 403" not in log, f"{log_name} was refused something"
+
+
+@pytest.fixture
+def gateway_as_service_account(
+    stack: Stack, namespace: str, tmp_path: Path, services_as_service_accounts: None
+) -> Iterator[Api]:
+    """A gateway serving the chart's namespace on its ServiceAccount's token only."""
+    config = _token_kubeconfig(stack, namespace, "gateway", tmp_path)
+    port = free_port()
+    stack.spawn(
+        "gateway-rbac",
+        "gateway",
+        {"KUBECONFIG": str(config), "GATEWAY_NAMESPACE": namespace, "GATEWAY_PORT": str(port)},
+    )
+    try:
+        yield Api(f"http://127.0.0.1:{port}", stack.env["STAGING_API_TOKEN"])
+    finally:
+        stack.stop("gateway-rbac")
+
+
+def test_http_jobs_with_the_charts_service_accounts(
+    stack: Stack, gateway_as_service_account: Api
+) -> None:
+    """The gateway's Role is enough for every endpoint, big lists included (ConfigMaps),
+    and the operator's for reading those lists."""
+    api = gateway_as_service_account
+    url = stack.env["CALLBACK_URL"]
+    small, big = sj.new_job_id(), sj.new_job_id()
+    tag = uuid.uuid4().hex[:8]
+    big_paths = [f"mwa/rbac/{tag}/big_{i:05d}.fits" for i in range(2500)]
+    assert (
+        api.submit({"job_id": small, "notify_url": url, "files": ["mwa/rbac/s.fits"]}).status == 202
+    )
+    assert api.submit({"job_id": big, "notify_url": url, "files": big_paths}).status == 202
+    for job_id, total in ((small, 1), (big, 2500)):
+        done = wait_for(
+            lambda job_id=job_id: (
+                (a := api.status(job_id)).status == 200 and a.body["completed"] and a.body
+            ),
+            timeout=90,
+            message=f"job {job_id}",
+        )
+        assert done["ready_files"] == total
+        [callback] = wait_for(lambda job_id=job_id: sj.callbacks(stack, job_id), timeout=60)
+        assert callback["body"]["total_files"] == total
+    assert api.call("GET", "/get_joblist").status == 200
+    assert api.delete(small).status == 200 and api.status(small).status == 404
+    log = stack.log_path("gateway-rbac").read_text(errors="replace")
+    assert "Forbidden" not in log and "403" not in log, "the gateway was refused something"

@@ -69,12 +69,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Namespaces served in namespaced mode (default: the release namespace). */}}
+{{/* Namespaces served in namespaced mode (default: the release namespace), and the gateway's. */}}
 {{- define "mwa-staging.watchNamespaces" -}}
-{{- if .Values.watchNamespaces }}
-{{- join "," (uniq .Values.watchNamespaces) }}
+{{- $namespaces := .Values.watchNamespaces | default (list .Release.Namespace) }}
+{{- if .Values.gateway.enabled }}
+{{- $namespaces = append $namespaces (include "mwa-staging.gatewayNamespace" .) }}
+{{- end }}
+{{- join "," (uniq $namespaces) }}
+{{- end }}
+
+{{/* The namespace where the gateway creates its StagingJobs. */}}
+{{- define "mwa-staging.gatewayNamespace" -}}
+{{- default .Release.Namespace .Values.gateway.namespace }}
+{{- end }}
+
+{{- define "mwa-staging.gatewayServiceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (printf "%s-gateway" (include "mwa-staging.fullname" .)) .Values.gateway.serviceAccount.name }}
 {{- else }}
-{{- .Release.Namespace }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
 {{- end }}
 {{- end }}
 

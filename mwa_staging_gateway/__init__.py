@@ -1,0 +1,1 @@
+"""The HTTP gateway: the original staging service's API in front of StagingJobs."""
