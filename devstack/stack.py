@@ -86,9 +86,18 @@ class Stack:
 
     ``scout_nodes`` Scout simulator nodes (1 to 6) sit behind HAProxy; ``services``
     is a subset of ``{"operator", "kafka-bridge", "gateway"}`` to run from the working tree.
+    ``durable_db`` runs PostgreSQL with production durability (fsync, synchronous
+    commit, full-page writes); the benchmarks want it, the tests do not need it.
     """
 
-    def __init__(self, root: Path, *, scout_nodes: int = 3, services: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        scout_nodes: int = 3,
+        services: Sequence[str] = (),
+        durable_db: bool = False,
+    ) -> None:
         if not 1 <= scout_nodes <= 6:
             raise ValueError("scout_nodes must be between 1 and 6")
         unknown = set(services) - set(SERVICE_KINDS)
@@ -97,6 +106,7 @@ class Stack:
         self.root = Path(root).resolve()
         self.scout_nodes = scout_nodes
         self.services = tuple(services)
+        self.durable_db = durable_db
         self.pki = PKI(self.root / "pki")
         self._lock = threading.RLock()
         self._ports: dict[str, int] | None = None

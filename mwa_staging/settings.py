@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     scout_status_concurrency: int = Field(
         default=8, ge=1, description="File-status queries in flight at once (restage pass)."
     )
+    scout_status_rate_per_second: float = Field(
+        default=100.0,
+        gt=0,
+        description="File-status queries per second, all restage passes together: the archive"
+        " is shared, so a 100,000-file pass takes about 100,000 / rate seconds.",
+    )
 
     # --- Kafka -------------------------------------------------------------
     kafka_server: str = Field(

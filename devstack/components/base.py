@@ -32,6 +32,8 @@ class StackView(Protocol):
 
     root: Path
     pki: PKI
+    #: PostgreSQL with fsync, synchronous_commit and full_page_writes on (benchmarks).
+    durable_db: bool
 
     @property
     def kafka_user(self) -> str: ...
