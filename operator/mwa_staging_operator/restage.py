@@ -70,7 +70,14 @@ async def split_on_disk(
 
 
 async def restage(app: Services, claim: jobs_queries.Claim) -> None:
-    """One restage pass over one job."""
+    """One restage pass over one job; the next one is due an interval after it ends."""
+    try:
+        await _pass(app, claim)
+    finally:
+        await app.db.run(lambda cur: jobs_queries.reschedule_restage(cur, claim.job_pk))
+
+
+async def _pass(app: Services, claim: jobs_queries.Claim) -> None:
     ref = ObjectRef(claim.namespace, claim.name, claim.uid)
     paths = await app.db.run(lambda cur: jobs_queries.pending_paths(cur, claim.job_pk))
     if not paths:
