@@ -158,7 +158,10 @@ class Settings(BaseSettings):
     bridge_batch_size: int = Field(default=5000, ge=1)
     bridge_batch_window_ms: int = Field(default=50, ge=1)
     bridge_patch_interval_ms: int = Field(
-        default=500, ge=0, description="At most one status patch per job per this interval."
+        default=1000,
+        ge=0,
+        description="At most one progress status patch per job per this interval (a person"
+        " watching sees no more than one change a second; completions are patched at once).",
     )
     bridge_patch_rate: float = Field(
         default=10.0,
