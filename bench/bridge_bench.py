@@ -63,6 +63,7 @@ from bench.preload import Job, message, preload_jobs, producer, unique_paths
 from devstack.stack import Stack
 from mwa_staging import kube
 from mwa_staging.db.connect import connect
+from mwa_staging.db.migrate import migrate
 
 P99_TARGET_S = 1.0
 
@@ -326,6 +327,12 @@ def run(args: argparse.Namespace, stack: Stack | None = None) -> dict[str, Any]:
             stack.spawn("kafka-bridge", "kafka-bridge", bridge_env(stack, listener))
     try:
         dsn, kubeconfig = stack.env["DATABASE_URL"], stack.env["KUBECONFIG"]
+        # The bridge answers /healthz before its migrations are done; the preload needs them.
+        conn = connect(dsn, application_name="bench-migrate")
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
         per_job = max(1, args.files // args.jobs)
         paced_per_job = max(1, args.paced_files // args.paced_jobs)
         _log(
