@@ -83,8 +83,8 @@ async def _show_if_slow(app: Services, job_pk: int, work: Awaitable[T]) -> T:
     Each status write is a request to the API server and an event to every
     watcher, so a small job's quick steps share one write (the one after its
     stage call) instead of one each; a person still sees a slow step's phase
-    (Resolving during a long lookup, Staging during a big job's stage calls)
-    within half a second.
+    (Resolving during a long lookup, Staging while a stage call is slow) within
+    half a second. A job of several stage calls shows Staging before them.
     """
     task = asyncio.ensure_future(work)
     try:
@@ -303,14 +303,15 @@ async def _request_stage(app: Services, job: JobRow, ref: ObjectRef, paths: list
             raise JobEnded(state)
 
     started = time.monotonic()
+    calls_made = app.scout.stage(
+        paths, str(job.job_id), app.settings.kafka_topic, on_accepted=on_accepted
+    )
     try:
-        calls = await _show_if_slow(
-            app,
-            job.id,
-            app.scout.stage(
-                paths, str(job.job_id), app.settings.kafka_topic, on_accepted=on_accepted
-            ),
-        )
+        if len(paths) > app.settings.scout_max_paths_per_call:
+            await app.update_status(job.id)  # several stage calls: show Staging now
+            calls = await calls_made
+        else:
+            calls = await _show_if_slow(app, job.id, calls_made)
     except JobEnded as ended:
         # Timed out (or deleted) while staging: what was staged is cancelled by
         # the scheduler (record_stage_progress scheduled it); nothing more to do.
