@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The one image of the mwa-staging operator (`mwa-staging-operator`) and the Kafka
+# The one image of the mwa-staging operator (`mwa-staging-operator`), the HTTP gateway
+# (`mwa-staging-gateway`) and the Kafka
 # bridge (`mwa-kafka-bridge`); the kind end-to-end run also starts the simulators
 # from it (`python -m devstack.sim.<name>`). Build: make image.
 #
@@ -19,6 +20,7 @@ COPY pyproject.toml README.md ./
 COPY mwa_staging ./mwa_staging
 COPY operator ./operator
 COPY kafka_bridge ./kafka_bridge
+COPY mwa_staging_gateway ./mwa_staging_gateway
 COPY devstack ./devstack
 # pip builds the wheel in an isolated environment (setuptools from pyproject.toml's
 # build-system), then installs it and its pinned dependencies (binary wheels: no
@@ -30,7 +32,7 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="mwa-staging" \
-      org.opencontainers.image.description="MWA staging operator and Kafka bridge" \
+      org.opencontainers.image.description="MWA staging operator, Kafka bridge and HTTP gateway" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -42,6 +44,6 @@ RUN groupadd --system --gid 10001 mwa \
 COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 # The chart sets the command (mwa-staging-operator or mwa-kafka-bridge).
 CMD ["mwa-staging-operator"]

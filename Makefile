@@ -9,23 +9,25 @@ VENV_STAMP := $(VENV)/.installed
 STACK_ROOT ?= .stack
 SERVICES ?= operator,kafka-bridge,gateway
 APT_PACKAGES := haproxy postgresql-15
+# The node mode (make cluster, tests/cluster): container runtime, image builder, base rootfs.
+NODE_APT_PACKAGES := containerd runc docker.io debootstrap
 LINT_PATHS := mwa_staging operator/mwa_staging_operator mwa_staging_gateway kafka_bridge devstack bench
 PYTEST_ARGS ?=
 
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench bench-quick bench-bridge bench-operator bench-gateway chart-crd image kind-e2e
+.PHONY: help deps apt venv build up down status env lint format test demo bench bench-quick bench-bridge bench-operator bench-gateway chart-crd image images cluster kind-e2e
 
 help:
-	@echo "make demo | test | up | down | status | env | lint | format | bench | bench-quick | deps | build | chart-crd | image | kind-e2e"
+	@echo "make demo | cluster | test | up | down | status | env | lint | format | bench | bench-quick | deps | build | chart-crd | image | images | kind-e2e"
 
 ## deps: Debian packages and the project virtualenv (quick when done)
 deps: apt venv
 
 apt:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
@@ -43,7 +45,7 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-## build: kube-apiserver, kubectl, etcd, helm and the Kafka jars, cached per version
+## build: kube-apiserver, kubectl, kubelet, controller-manager, scheduler, etcd, helm, Kafka jars; cached per version
 build: venv
 	$(PY) -m devstack.build
 
@@ -102,10 +104,17 @@ bench-gateway: deps build
 chart-crd:
 	cp crds/stagingjobs.yaml charts/mwa-staging/files/crds/stagingjobs.yaml
 
-IMAGE ?= mwa-staging:0.1.0
-## image: build the container image (needs a Docker engine; none on this project's machines)
-image:
-	docker build -t $(IMAGE) .
+## cluster: the stack with a node, the chart installed on it, every pod Ready (idempotent)
+cluster: deps build
+	$(PY) -m devstack.cluster --root $(STACK_ROOT)
+
+## image: the project's image from its Dockerfile, on a local Python base (cached by input hash)
+image: apt venv
+	$(PY) -m devstack.images --project-only
+
+## images: every image the node runs (project, HAProxy, PostgreSQL, pause stand-ins)
+images: apt venv
+	$(PY) -m devstack.images
 
 ## kind-e2e: kind cluster + image + chart + the e2e tests (needs Docker and kind; not run by CI)
 kind-e2e: venv

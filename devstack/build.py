@@ -4,6 +4,10 @@ The stack runs real programs, not mocks: kube-apiserver, kubectl, etcd and helm 
 built from their Go modules and Apache Kafka is run from its Maven Central jars,
 because those are the registries this machine reaches (no release tarballs).
 
+kubelet, kube-controller-manager and kube-scheduler (the node mode) come from the
+same pinned ``k8s.io/kubernetes`` module as kube-apiserver, into a directory of
+their own (``k8s-node-<version>``).
+
 There is one place to pin each version: the ``require`` line of the tool module in
 ``devstack/gotools/<tool>/go.mod`` and the ``kafka.version`` property of
 ``devstack/kafka/pom.xml``. The cache directory of each build is keyed by that
@@ -75,6 +79,15 @@ def k8s_bin_dir() -> Path:
     return cache_dir() / "bin" / f"k8s-{k8s_version()}"
 
 
+def k8s_node_bin_dir() -> Path:
+    """kubelet, kube-controller-manager and kube-scheduler (the node mode).
+
+    A directory of its own, not the kube-apiserver one: adding the node build must
+    never replace a directory that running stacks use.
+    """
+    return cache_dir() / "bin" / f"k8s-node-{k8s_version()}"
+
+
 def etcd_bin_dir() -> Path:
     return cache_dir() / "bin" / f"etcd-{etcd_version()}"
 
@@ -93,6 +106,18 @@ def kube_apiserver_bin() -> Path:
 
 def kubectl_bin() -> Path:
     return k8s_bin_dir() / "kubectl"
+
+
+def kubelet_bin() -> Path:
+    return k8s_node_bin_dir() / "kubelet"
+
+
+def kube_controller_manager_bin() -> Path:
+    return k8s_node_bin_dir() / "kube-controller-manager"
+
+
+def kube_scheduler_bin() -> Path:
+    return k8s_node_bin_dir() / "kube-scheduler"
 
 
 def etcd_bin() -> Path:
@@ -114,6 +139,8 @@ class GoBuild:
     out_dir: Path
     ldflags: str
     expected_minutes: str
+    #: Needed only by stacks with a node (``make cluster``, tests/cluster).
+    node: bool = False
 
     def done(self) -> bool:
         return all((self.out_dir / name).is_file() for name in self.outputs)
@@ -144,6 +171,20 @@ def go_builds() -> list[GoBuild]:
             out_dir=k8s_bin_dir(),
             ldflags=k8s_ldflags,
             expected_minutes="about 5",
+        ),
+        GoBuild(
+            label="kubelet, kube-controller-manager and kube-scheduler",
+            tool="k8s",
+            packages=(
+                "k8s.io/kubernetes/cmd/kubelet",
+                "k8s.io/kubernetes/cmd/kube-controller-manager",
+                "k8s.io/kubernetes/cmd/kube-scheduler",
+            ),
+            outputs=("kubelet", "kube-controller-manager", "kube-scheduler"),
+            out_dir=k8s_node_bin_dir(),
+            ldflags=k8s_ldflags,
+            expected_minutes="about 5",
+            node=True,
         ),
         GoBuild(
             label="etcd",
@@ -245,9 +286,12 @@ def build_all() -> None:
         _log(f"fetched the Kafka jars in {time.monotonic() - start:.0f} s")
 
 
-def missing() -> list[str]:
-    """Names of the builds not yet in the cache (the launcher refuses to start without them)."""
-    names = [b.label for b in go_builds() if not b.done()]
+def missing(*, node: bool = False) -> list[str]:
+    """Names of the builds not yet in the cache (the launcher refuses to start without them).
+
+    ``node``: include the node binaries (a stack with a node needs them).
+    """
+    names = [b.label for b in go_builds() if not b.done() and (node or not b.node)]
     if not kafka_done():
         names.append(f"kafka {kafka_version()} jars")
     return names

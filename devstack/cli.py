@@ -26,12 +26,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help=f"comma-separated subset of {','.join(SERVICE_KINDS)} to run from the working tree",
     )
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        help="up: with a node (containerd, kubelet, controller-manager, scheduler)",
+    )
     args = parser.parse_args(argv)
     services = args.services
     if args.command != "up" and not services:
         # down and status see every service that may have been started by an earlier up.
         services = list(SERVICE_KINDS)
-    stack = Stack(args.root, scout_nodes=args.scout_nodes, services=services)
+    # Without --node, down/status/env follow the mode the root was brought up in.
+    node = True if args.node else None
+    stack = Stack(args.root, scout_nodes=args.scout_nodes, services=services, node=node)
 
     if args.command == "up":
         try:

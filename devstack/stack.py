@@ -38,11 +38,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from devstack import build, procs
+from devstack.components import node as node_component
 from devstack.components.apiserver import KubeApiserver
 from devstack.components.base import Component
 from devstack.components.etcd import Etcd
 from devstack.components.haproxy import Haproxy
 from devstack.components.kafka import Kafka
+from devstack.components.node import Containerd, ControllerManager, Kubelet, Scheduler
 from devstack.components.postgres import Postgres, database_url
 from devstack.components.services import Gateway, KafkaBridge, Operator, Service
 from devstack.components.sims import Banksia, Callback, DataFiles, ScoutNode
@@ -96,6 +98,8 @@ class Stack:
         *,
         scout_nodes: int = 3,
         services: Sequence[str] = (),
+        node: bool | None = None,
+        apply_crds: bool = True,
         durable_db: bool = False,
     ) -> None:
         if not 1 <= scout_nodes <= 6:
@@ -106,6 +110,12 @@ class Stack:
         self.root = Path(root).resolve()
         self.scout_nodes = scout_nodes
         self.services = tuple(services)
+        # node=None: whatever this root was brought up with last (down, status, env).
+        if node is None:
+            node = bool(self._load_json("mode.json").get("node", False))
+        self.node = node
+        #: Apply crds/ after the API server starts (as `make up` does); False: a clean cluster.
+        self.apply_crds = apply_crds
         self.durable_db = durable_db
         self.pki = PKI(self.root / "pki")
         self._lock = threading.RLock()
@@ -139,6 +149,8 @@ class Stack:
         keys += self.scout_names()
         keys += ["haproxy", "data-files", "callback", "operator-http", "kafka-bridge-http"]
         keys += ["gateway-http"]
+        if self.node:
+            keys += ["kubelet", "kubelet-healthz", "kube-controller-manager", "kube-scheduler"]
         return keys
 
     def _allocate(self, keys: Sequence[str]) -> None:
@@ -209,6 +221,13 @@ class Stack:
             DataFiles("data-files"),
             Callback("callback"),
         ]
+        if self.node:
+            comps += [
+                Containerd("containerd"),
+                ControllerManager("kube-controller-manager", ("kube-apiserver",)),
+                Scheduler("kube-scheduler", ("kube-apiserver",)),
+                Kubelet("kubelet", ("kube-apiserver", "containerd", "kube-controller-manager")),
+            ]
         if "operator" in self.services:
             comps.append(Operator("operator", INFRA))
         if "kafka-bridge" in self.services:
@@ -266,6 +285,7 @@ class Stack:
                 "STAGING_API_TOKEN": self.secret(
                     "gateway-token", lambda: secrets.token_urlsafe(32)
                 ),
+                **(node_component.node_env(self) if self.node else {}),
                 "PATH": os.pathsep.join(
                     [
                         str(build.k8s_bin_dir()),
@@ -376,12 +396,19 @@ class Stack:
     def up(self) -> None:
         """Start whatever is not running and wait until everything is ready."""
         self._t0 = time.monotonic()
-        missing = build.missing()
+        missing = build.missing(node=self.node)
         if missing:
             raise StackError(f"not built yet: {', '.join(missing)} (run `make build`)")
         with self._file_lock():
             for sub in ("pids", "logs", "callback"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
+            was_node = bool(self._load_json("mode.json").get("node", False))
+            if self.node != was_node and self.is_running("kube-apiserver"):
+                mode = "with" if was_node else "without"
+                raise StackError(
+                    f"the stack in {self.root} runs {mode} a node: stop it first (make down)"
+                )
+            self._save_json("mode.json", {"node": self.node})
             self._allocate(self.port_keys())
             self.pki.ensure_ca()
             # Extra instances made by spawn() are started by spawn()/start() only:
@@ -458,9 +485,16 @@ class Stack:
         return names
 
     def down(self) -> None:
-        """Stop every process of this stack: services first, etcd last."""
+        """Stop every process of this stack: services first, etcd last.
+
+        With a node: the pods first (through the CRI, while containerd runs), then the
+        kubelet and the control plane, containerd, then the host is put back
+        (mounts, cgroups, sysctls; :func:`devstack.components.node.teardown`).
+        """
         with self._file_lock():
             names = self._known_names()
+            if self.node:
+                self._down_node(names)
             last = [n for n in ("kube-apiserver", "etcd") if n in names]
             first = [n for n in names if n not in last and n not in self._infra_names()]
             middle = [n for n in names if n not in last and n not in first]
@@ -468,9 +502,21 @@ class Stack:
                 tier = [n for n in tier if n in names]
                 with ThreadPoolExecutor(max_workers=max(1, len(tier))) as pool:
                     list(pool.map(self.stop, tier))
+            if self.node:
+                node_component.teardown(self)
+
+    def _down_node(self, names: list[str]) -> None:
+        # The kubelet first, so it restarts nothing; then every pod through the CRI.
+        for name in ("kubelet", "kube-controller-manager", "kube-scheduler"):
+            if name in names:
+                self.stop(name)
+        node_component.stop_pods(self)
+        if "containerd" in names:
+            self.stop("containerd")
 
     def _infra_names(self) -> set[str]:
         base = {"etcd", "kube-apiserver", "postgres", "kafka", "banksia", "haproxy"}
+        base |= {"containerd", "kubelet", "kube-controller-manager", "kube-scheduler"}
         base |= {"data-files", "callback", *self.scout_names()}
         return base
 
@@ -545,4 +591,6 @@ class Stack:
         found = [f"process {name}" for name in self._known_names() if self.is_running(name)]
         ports = list(self._port_map().values())
         found += [f"port {port}" for port in sorted(procs.ports_listening(ports))]
+        if self.node:
+            found += node_component.leftovers(self)
         return found

@@ -38,7 +38,7 @@ def run() -> None:
     settings = settings_mod.load()
     setup_logging(settings.log_level, settings.log_format)
     health = Health(settings.bridge_unhealthy_after_s)
-    serve_http(settings.bridge_http_port, health.check)
+    serve_http(settings.bridge_http_port, health.check, settings.http_bind_address)
     stop = threading.Event()
     consumer: BridgeConsumer | None = None
 

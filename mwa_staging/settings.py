@@ -263,6 +263,10 @@ class Settings(BaseSettings):
     # --- Process -----------------------------------------------------------
     operator_http_port: int = 8080
     bridge_http_port: int = 8081
+    http_bind_address: str = Field(
+        default="0.0.0.0",
+        description="Address of the /healthz and /metrics listener (127.0.0.1 on a host network).",
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

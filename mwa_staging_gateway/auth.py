@@ -134,6 +134,17 @@ async def _answer(
     await send({"type": "http.response.body", "body": raw})
 
 
+def _counting(send: Send, endpoint: str) -> Send:
+    """``send`` that counts the response's status code by endpoint."""
+
+    async def counted(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            metrics.REQUESTS.labels(endpoint, str(message["status"])).inc()
+        await send(message)
+
+    return counted
+
+
 class Guard:
     """ASGI middleware: credentials first (401), then the body size (413)."""
 
@@ -148,6 +159,7 @@ class Guard:
             return
         path = scope.get("path", "/")
         normalised = path.rstrip("/") or "/"
+        send = _counting(send, normalised if normalised in metrics.ENDPOINTS else "other")
         headers = dict(scope.get("headers") or [])
         if self.tokens is not None and normalised not in OPEN_PATHS:
             header = headers.get(b"authorization")

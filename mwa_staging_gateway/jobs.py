@@ -243,8 +243,10 @@ class Jobs:
             except ApiException as exc:
                 if exc.status == 422:
                     raise Refused(400, _invalid_message(exc)) from None
-                if exc.status != 409 or attempt == 2:
+                if exc.status != 409:
                     raise
+                if attempt == 2:  # taken again meanwhile, by another POST of this id
+                    raise duplicate(job_id) from None
             existing = self.get_object(name)
             if existing is None:
                 continue  # deleted meanwhile: try again

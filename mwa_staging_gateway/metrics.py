@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+#: Paths counted under their own name (the rest as "other", so labels stay bounded).
+ENDPOINTS = frozenset(
+    {
+        "/staging", "/get_joblist", "/get_stats", "/filestatus", "/get_failed_joblist",
+        "/get_failed_job", "/ping", "/healthz", "/metrics",
+    }
+)  # fmt: skip
 REQUESTS = Counter(
     "mwa_staging_gateway_requests_total",
     "HTTP API requests by endpoint and status code.",

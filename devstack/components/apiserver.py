@@ -2,10 +2,12 @@
 
 TLS with the stack CA, an admin client certificate (``O=system:masters``) in
 ``root/kubeconfig``, RBAC authorization and a service-account token signer, so
-tests can act as a ServiceAccount through ``kubectl create token``. There is no
-scheduler, controller manager or kubelet: ServiceAccount admission is disabled
-(nothing would create the default ServiceAccounts) and the endpoint reconciler is
-off (it would try to publish the loopback address, which Endpoints forbid).
+tests can act as a ServiceAccount through ``kubectl create token``. Without the node mode
+there is no scheduler, controller manager or kubelet: ServiceAccount admission is
+disabled (nothing would create the default ServiceAccounts); with it
+(``Stack(node=True)``, devstack.components.node) the Node authorizer, NodeRestriction
+and ServiceAccount admission are on. The endpoint reconciler is off in both
+(it would try to publish the loopback address, which Endpoints forbid).
 After it is ready, the repo's CRDs (``crds/*.yaml``) are applied and awaited.
 """
 
@@ -90,6 +92,28 @@ class KubeApiserver(Component):
         sa = pki.service_account_key()
         cert_dir = stack.root / "kube-apiserver"
         cert_dir.mkdir(exist_ok=True)
+        if stack.node:
+            # A kubelet registers: the Node authorizer and NodeRestriction confine it to
+            # its own node and pods; ServiceAccount admission (the controller-manager
+            # creates the default ServiceAccounts) gives pods projected tokens; the API
+            # server reaches the kubelet (logs, exec) with a client certificate.
+            kubelet_client = pki.issue(
+                "kube-apiserver-kubelet-client",
+                common_name="kube-apiserver-kubelet-client",
+                organizations=("system:masters",),
+                server=False,
+                client=True,
+            )
+            mode = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+            ]
+        else:
+            mode = ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
         return [
             str(build.kube_apiserver_bin()),
             f"--etcd-servers=http://127.0.0.1:{stack.port('etcd-client')}",
@@ -102,8 +126,7 @@ class KubeApiserver(Component):
             "--advertise-address=127.0.0.1",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
+            *mode,
             "--endpoint-reconciler-type=none",
             f"--service-account-issuer={self.url(stack)}",
             f"--service-account-key-file={sa.cert}",
@@ -128,6 +151,8 @@ class KubeApiserver(Component):
         return http.is_ok(self.url(stack) + "/readyz", context=self.ssl_context(stack))
 
     def after_ready(self, stack: Stack) -> None:
+        if not stack.apply_crds:
+            return
         crds = sorted(CRDS_DIR.glob("*.yaml")) if CRDS_DIR.is_dir() else []
         if not crds:
             stack.log(f"no CRDs in {CRDS_DIR}: nothing to apply")

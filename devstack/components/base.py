@@ -32,6 +32,10 @@ class StackView(Protocol):
 
     root: Path
     pki: PKI
+    #: A stack with a node (kubelet, containerd, controller-manager, scheduler).
+    node: bool
+    #: Whether the API server applies crds/ when it starts (tests of the chart's CRD say no).
+    apply_crds: bool
     #: PostgreSQL with fsync, synchronous_commit and full_page_writes on (benchmarks).
     durable_db: bool
 

@@ -25,10 +25,12 @@ kopf settings, and why:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
+import psycopg2
 
 from mwa_staging.kube import GROUP, PLURAL, VERSION
 from mwa_staging.observability import serve_http, setup_logging
@@ -36,6 +38,8 @@ from mwa_staging.settings import load
 from mwa_staging_operator import create, delete
 from mwa_staging_operator.context import App, Runtime
 from mwa_staging_operator.events import ObjectRef
+
+log = logging.getLogger(__name__)
 
 #: kopf's finalizer; its annotations use the API group (``kube.GROUP``) as their prefix too.
 FINALIZER = f"{GROUP}/finalizer"
@@ -77,7 +81,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 660
     runtime: Runtime = memo.runtime
     app = App(runtime.settings)
-    await app.start()
+    # In a pod the database may still be starting (the chart's bundled PostgreSQL
+    # initialises beside the operator): wait for it instead of ending the process,
+    # which the kubelet would restart with a growing back-off. /healthz is not OK
+    # meanwhile.
+    delay = 0.5
+    while True:
+        try:
+            await app.start()
+            break
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            log.warning("the database is not reachable yet (%s); retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     runtime.app = app
 
 
@@ -113,7 +129,7 @@ def run() -> None:
     config = load()
     setup_logging(config.log_level, config.log_format)
     runtime = Runtime(config)
-    serve_http(config.operator_http_port, runtime.health)
+    serve_http(config.operator_http_port, runtime.health, config.http_bind_address)
     namespaces = config.watch_namespaces()
     kopf.run(
         standalone=True,

@@ -21,6 +21,7 @@ import yaml
 
 from devstack import build, chart
 from devstack.pki import PKI
+from tests.helpers import wait_for
 
 REPO = build.REPO_DIR
 CHART = chart.CHART_DIR
@@ -428,7 +429,7 @@ def test_rendered_crd_equals_the_repo_crd() -> None:
 
 def test_crd_can_be_left_out() -> None:
     helm()
-    assert not of_kind(chart.render({"crds": {"install": False}}), "CustomResourceDefinition")
+    assert not of_kind(chart.render({"crds": {"enabled": False}}), "CustomResourceDefinition")
     crd = of_kind(chart.render({"crds": {"keep": False}}), "CustomResourceDefinition")[0]
     assert "annotations" not in crd["metadata"]
 
@@ -538,7 +539,7 @@ def release(chart_env: dict[str, str]) -> Iterator[tuple[str, str]]:
     """The chart installed into a namespace of its own, without touching the CRD.
 
     The stack applied the CRD already (not through Helm), so this release leaves it
-    out (crds.install=false); test_crd_lifecycle covers the CRD through Helm.
+    out (crds.enabled=false); test_crd_lifecycle covers the CRD through Helm.
     """
     namespace = f"chart-{uuid.uuid4().hex[:8]}"
     name = "mwa"
@@ -550,7 +551,7 @@ def release(chart_env: dict[str, str]) -> Iterator[tuple[str, str]]:
         "--namespace",
         namespace,
         "--set",
-        "crds.install=false",
+        "crds.enabled=false",
         "--set",
         "gateway.enabled=true",
         "--set",
@@ -731,8 +732,9 @@ def test_service_account_token_works(
 def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
     """Helm takes over the stack's CRD, keeps it Established, and uninstall leaves it.
 
-    The CRD was applied by the stack (kubectl), so a plain install refuses it; an
-    existing installation moves under Helm with --take-ownership. Its spec is the
+    The CRD was applied by the stack (kubectl), so a plain install refuses it and
+    says how to go on (crds.enabled=false, or adoption); an existing installation
+    moves under Helm with --take-ownership and crds.takeOwnership. Its spec is the
     same file, so the shared CRD does not change; Helm's metadata is removed after.
     """
     namespace = f"chart-crd-{uuid.uuid4().hex[:8]}"
@@ -754,10 +756,14 @@ def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
     try:
         refused = run_helm("install", name, str(CHART), *common, env=chart_env)
         assert refused.returncode != 0
-        assert "exists and cannot be imported" in refused.stderr, refused.stderr
+        assert "no Helm release owns it" in refused.stderr, refused.stderr
+        assert "crds.enabled=false" in refused.stderr, refused.stderr
         run_helm("uninstall", name, "--namespace", namespace, env=chart_env)
 
-        taken = run_helm("install", name, str(CHART), *common, "--take-ownership", env=chart_env)
+        taken = run_helm(
+            "install", name, str(CHART), *common, "--take-ownership",
+            "--set", "crds.takeOwnership=true", env=chart_env,
+        )  # fmt: skip
         assert taken.returncode == 0, taken.stderr
         kubectl(
             chart_env, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}"
@@ -788,3 +794,38 @@ def test_crd_lifecycle(chart_env: dict[str, str]) -> None:
         )
         kubectl(chart_env, "label", "crd", CRD_NAME, "app.kubernetes.io/managed-by-", check=False)
         kubectl(chart_env, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.mark.stack
+def test_namespace_editors_and_viewers_through_the_aggregated_roles(
+    chart_env: dict[str, str], release: tuple[str, str]
+) -> None:
+    """Bound to the default edit/view roles, users may create / only read StagingJobs.
+
+    The aggregation itself is the controller manager's work (its ClusterRole
+    aggregation controller); a stack without one cannot show it, and says so.
+    """
+    namespace, _ = release
+    edit_rules = kubectl(
+        chart_env, "get", "clusterrole", "edit", "-o", "jsonpath={.rules}"
+    ).stdout.strip()
+    if edit_rules in ("", "null", "[]"):
+        pytest.skip("no ClusterRole aggregation here (no kube-controller-manager in this stack)")
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        kubectl(
+            chart_env, "-n", namespace, "create", "rolebinding", f"{user}-{role}",
+            f"--clusterrole={role}", f"--user={user}",
+        )  # fmt: skip
+
+    def can(user: str, verb: str) -> str:
+        return kubectl(
+            chart_env, "auth", "can-i", verb, "stagingjobs.staging.mwatelescope.org",
+            "-n", namespace, "--as", user, check=False,
+        ).stdout.strip()  # fmt: skip
+
+    wait_for(lambda: can("alice", "create") == "yes", timeout=30, message="aggregated edit")
+    assert (can("alice", "create"), can("alice", "delete"), can("alice", "list")) == (
+        "yes", "yes", "yes",
+    )  # fmt: skip
+    assert (can("bob", "get"), can("bob", "watch")) == ("yes", "yes")
+    assert (can("bob", "create"), can("bob", "delete")) == ("no", "no")

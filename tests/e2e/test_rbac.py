@@ -46,7 +46,7 @@ def namespace(stack: Stack) -> Iterator[str]:
     stack.kubectl("create", "namespace", ns)
     installed = _helm(
         stack, "install", RELEASE, str(chart.CHART_DIR), "--namespace", ns,
-        "--set", "crds.install=false", "--set", f"watchNamespaces={{{ns}}}",
+        "--set", "crds.enabled=false", "--set", f"watchNamespaces={{{ns}}}",
         "--set", "gateway.enabled=true", "--set", "gateway.auth.tokens.existingSecret=gw",
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr

@@ -480,3 +480,7 @@ def test_no_token_and_wrong_token_get_401_and_create_nothing(api: Api, stack: St
     assert wrong_basic.status == 401
     assert api.submit(body).status == 202
     wait_completed(api, job_id)
+    assert (
+        api.metric('mwa_staging_gateway_requests_total{code="401",endpoint="/staging"}') or 0
+    ) >= 4
+    assert (api.metric('mwa_staging_gateway_auth_failures_total{kind="wrong"}') or 0) >= 1

@@ -176,7 +176,7 @@ logging. Each process reads only its part (mwa_staging/settings.py).
 - name: DBHOST
   value: {{ include "mwa-staging.fullname" . }}-postgresql
 - name: DBPORT
-  value: "5432"
+  value: {{ .Values.postgresql.port | quote }}
 - name: DBNAME
   value: {{ .Values.postgresql.database | quote }}
 - name: DBUSER
@@ -197,6 +197,10 @@ logging. Each process reads only its part (mwa_staging/settings.py).
   value: {{ .Values.logging.format | quote }}
 - name: KAFKA_TOPIC
   value: {{ .Values.kafka.topic | quote }}
+{{- with .Values.listenAddress }}
+- name: HTTP_BIND_ADDRESS
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* A user/password pair from an existing Secret: (dict "c" .Values.x.credentials "user" "ENV_USER" "password" "ENV_PASSWORD"). */}}
@@ -245,5 +249,37 @@ logging. Each process reads only its part (mwa_staging/settings.py).
 - name: {{ .name }}
   mountPath: /etc/mwa-staging/{{ .name }}
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+Pod networking: hostNetwork (the pods share the node's network namespace and bind
+their ports on it; each component needs its own ports) and hostAliases.
+*/}}
+{{- define "mwa-staging.podNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- with .Values.hostAliases }}
+hostAliases:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Rolling update of a Deployment that may run more than one pod. On the host network
+a surge pod would need the same host ports on the same node as the pod it
+replaces and could never be scheduled there: then one pod is replaced at a time.
+*/}}
+{{- define "mwa-staging.rollingUpdate" -}}
+type: RollingUpdate
+rollingUpdate:
+{{- if .Values.hostNetwork }}
+  maxSurge: 0
+  maxUnavailable: 1
+{{- else }}
+  maxSurge: 1
+  maxUnavailable: 0
 {{- end }}
 {{- end }}
