@@ -17,10 +17,10 @@ PYTEST_ARGS ?=
 # The Go toolchain's usual home, for shells that do not have it on PATH.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: help deps apt venv build up down status env lint format test demo bench bench-bridge bench-gateway chart-crd image images cluster kind-e2e soak
+.PHONY: help deps apt venv build up down status env lint format test demo bench bench-quick bench-bridge bench-operator bench-gateway chart-crd image images cluster kind-e2e soak
 
 help:
-	@echo "make demo | cluster | test | up | down | status | env | lint | format | bench | soak | deps | build | chart-crd | image | images | kind-e2e"
+	@echo "make demo | cluster | test | up | down | status | env | lint | format | bench | bench-quick | soak | deps | build | chart-crd | image | images | kind-e2e"
 
 ## deps: Debian packages and the project virtualenv (quick when done)
 deps: apt venv
@@ -81,11 +81,20 @@ test: deps build lint
 demo: up
 	$(PY) -m devstack.demo --root $(STACK_ROOT)
 
-## bench: benchmarks on their own stacks (figures as JSON on stdout)
-bench: bench-bridge bench-gateway
+## bench: every benchmark, each on its own stack (one JSON document on stdout; bench/__main__.py)
+bench: deps build
+	$(PY) -m bench $(BENCH_ARGS)
+
+## bench-quick: the same with small numbers on one stack (make test runs it as a test)
+bench-quick: deps build
+	$(PY) -m bench --quick
 
 bench-bridge: deps build
-	$(PY) -m bench.bridge_bench $(BENCH_ARGS)
+	$(PY) -m bench.bridge_bench $(BRIDGE_BENCH_ARGS)
+
+## bench-operator: many jobs, idle cost, big job, restage, latency under load, API server share
+bench-operator: deps build
+	$(PY) -m bench.operator_bench $(OPERATOR_BENCH_ARGS)
 
 ## bench-gateway: a 100,000-file POST /staging: time to 202, to Staging, to the callback
 bench-gateway: deps build

@@ -22,8 +22,13 @@ what production runs on), then measures, on the same bridge and database:
    watch delivery. Target: p99 < 1 s.
 
 Then it times the original design -- one UPDATE and one COMMIT per message --
-over a sample, on the same database. Prints one JSON object on stdout (the
-stack's progress goes to stderr):
+over a sample, on the same database: an ordinary logged table (``job_files``),
+and PostgreSQL runs with production durability (fsync, synchronous_commit and
+full_page_writes on; ``database`` in the output says so), which is what a
+per-message commit costs in production. ``--listener SASL_SSL`` runs the bridge
+and the producer on the broker's SASL_SSL/SCRAM-SHA-512 listener (Banksia's).
+
+Prints one JSON object on stdout (the stack's progress goes to stderr):
 
 * ``messages_per_s``: burst files / (last Complete seen - first message produced);
 * ``baseline_messages_per_s``, ``speedup``; ``bridge_peak_rss_mib`` (VmHWM);
@@ -41,7 +46,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -50,26 +54,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 from confluent_kafka import Producer
 from kubernetes import watch
 from kubernetes.client import CustomObjectsApi
 
+from bench.measure import CpuMeter, durability, load_average, log, peak_rss_mib, percentile
 from bench.preload import Job, message, preload_jobs, producer, unique_paths
-from devstack import procs
 from devstack.stack import Stack
 from mwa_staging import kube
 from mwa_staging.db.connect import connect
+from mwa_staging.db.migrate import migrate
 
 P99_TARGET_S = 1.0
 
 
 def _log(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+    log("bench", text)
 
 
 class CompletionWatch(threading.Thread):
@@ -121,49 +121,6 @@ class CompletionWatch(threading.Thread):
         self._watch.stop()
 
 
-class CpuMeter:
-    """CPU seconds used by each process of the stack (and this one) over a phase."""
-
-    def __init__(self, stack: Stack) -> None:
-        self._procs: dict[str, psutil.Process] = {"bench": psutil.Process()}
-        for pid_file in sorted((stack.root / "pids").glob("*.pid")):
-            proc = procs.find(stack.root, pid_file.stem)
-            if proc is not None:
-                self._procs[pid_file.stem] = proc
-        self._start: dict[str, float] = {}
-        self._wall = 0.0
-
-    def _cpu(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name, proc in self._procs.items():
-            try:
-                total = _cpu_seconds(proc)
-                if name != "bench":  # its children are the stack's processes
-                    for child in proc.children(recursive=True):  # postgres backends
-                        total += _cpu_seconds(child)
-            except psutil.Error:
-                continue
-            out[name] = total
-        return out
-
-    def start(self) -> None:
-        self._start = self._cpu()
-        self._wall = time.monotonic()
-
-    def report(self) -> dict[str, Any]:
-        """CPU seconds per process since :meth:`start`, busiest first, and the wall time."""
-        wall = time.monotonic() - self._wall
-        end = self._cpu()
-        used = {n: end[n] - self._start[n] for n in end if n in self._start}
-        busy = {n: round(s, 2) for n, s in sorted(used.items(), key=lambda x: -x[1]) if s >= 0.05}
-        return {"wall_s": round(wall, 2), "cpu_s": busy}
-
-
-def _cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
 def _ack_recorder(last_of: dict[str, str], acked: dict[str, float]) -> Callable[[Any, Any], None]:
     def on_last(err: Any, msg: Any) -> None:
         if err is None:
@@ -193,7 +150,7 @@ def produce_burst(stack: Stack, jobs: Sequence[Job]) -> tuple[float, float, dict
     last_of = {j.paths[-1]: j.name for j in jobs}
     acked: dict[str, float] = {}
     on_last = _ack_recorder(last_of, acked)
-    prod = producer(stack.env["KAFKA_BOOTSTRAP"])
+    prod = producer(**kafka_client(stack, LISTENER[0]))
     topic = stack.env["KAFKA_TOPIC"]
     started = time.time()
     for key, value in values:
@@ -218,7 +175,7 @@ def produce_paced(
     last_of = {j.paths[-1]: j.name for j in jobs}
     acked: dict[str, float] = {}
     on_last = _ack_recorder(last_of, acked)
-    prod = producer(stack.env["KAFKA_BOOTSTRAP"])
+    prod = producer(**kafka_client(stack, LISTENER[0]))
     topic = stack.env["KAFKA_TOPIC"]
     total = len(values)
     started = time.time()
@@ -258,24 +215,6 @@ def naive_baseline(dsn: str, jobs: Sequence[Job]) -> float:
     finally:
         conn.close()
     return len(values) / elapsed
-
-
-def peak_rss_mib(stack: Stack, name: str = "kafka-bridge") -> float | None:
-    proc = procs.find(stack.root, name)
-    if proc is None:
-        return None
-    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return None
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(pct / 100.0 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _delays(jobs: Sequence[Job], done: dict[str, float], acked: dict[str, float]) -> list[float]:
@@ -342,15 +281,58 @@ def _run_phase(
     return first, flushed, last, acked, watcher.done, cpu
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bridge-bench-"))
-    stack = Stack(root, services=("kafka-bridge",))
-    _log(f"starting a bridge-only stack in {root}")
+#: The listener of this run (set by :func:`run`): the bridge and the producer use it.
+LISTENER = ["PLAINTEXT"]
+
+
+def kafka_client(stack: Stack, listener: str) -> dict[str, Any]:
+    """librdkafka settings of a client of ``listener`` (PLAINTEXT or SASL_SSL/SCRAM-SHA-512)."""
+    env = stack.env
+    if listener == "PLAINTEXT":
+        return {"bootstrap": env["KAFKA_BOOTSTRAP"]}
+    return {
+        "bootstrap": env["KAFKA_SASL_BOOTSTRAP"],
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": env["KAFKA_USER"],
+        "sasl.password": env["KAFKA_PASSWORD"],
+        "ssl.ca.location": env["KAFKA_CA"],
+    }
+
+
+def bridge_env(stack: Stack, listener: str) -> dict[str, str]:
+    """The bridge's extra settings for ``listener``."""
+    if listener == "PLAINTEXT":
+        return {}
+    env = stack.env
+    return {
+        "KAFKA_SERVER": env["KAFKA_SASL_BOOTSTRAP"],
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    }
+
+
+def run(args: argparse.Namespace, stack: Stack | None = None) -> dict[str, Any]:
+    """The bridge benchmark; on ``stack`` (already up, bridge running) or on its own one."""
+    listener = LISTENER[0] = args.listener
+    own = stack is None
+    if stack is None:
+        root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+        stack = Stack(root, services=(), durable_db=True)
+        _log(f"starting a bridge-only stack in {root} (Kafka listener {listener})")
     load_at_start = load_average()
-    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
-        stack.up()
+    if own:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
+            stack.up()
+            stack.spawn("kafka-bridge", "kafka-bridge", bridge_env(stack, listener))
     try:
         dsn, kubeconfig = stack.env["DATABASE_URL"], stack.env["KUBECONFIG"]
+        # The bridge answers /healthz before its migrations are done; the preload needs them.
+        conn = connect(dsn, application_name="bench-migrate")
+        try:
+            migrate(conn)
+        finally:
+            conn.close()
         per_job = max(1, args.files // args.jobs)
         paced_per_job = max(1, args.paced_files // args.paced_jobs)
         _log(
@@ -435,7 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "latency_breakdown": latency_breakdown(dsn, paced_jobs, done, acked),
             **cpu,
         }
-        rss = peak_rss_mib(stack)
+        rss = peak_rss_mib(stack, "kafka-bridge")
 
         _log("running the one-commit-per-message baseline")
         baseline = naive_baseline(dsn, baseline_jobs)
@@ -450,14 +432,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "paced": paced,
             "baseline_sample": args.baseline_sample,
             "warmup_messages": per_job * len(warmup_jobs),
+            "kafka_listener": listener if listener == "PLAINTEXT" else "SASL_SSL/SCRAM-SHA-512",
+            "database": durability(dsn),
         }
     finally:
-        if not args.keep:
+        if own and not args.keep:
             with contextlib.redirect_stdout(sys.stderr):
                 stack.down()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bridge_bench",
         description=__doc__,
@@ -484,8 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--root", help="stack directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
-    result = run(parser.parse_args(argv))
-    print(json.dumps(result, indent=2))
+    parser.add_argument(
+        "--listener",
+        choices=("PLAINTEXT", "SASL_SSL"),
+        default="PLAINTEXT",
+        help="Kafka listener of the bridge and the producer (SASL_SSL: SCRAM-SHA-512, TLS)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(run(parser().parse_args(argv)), indent=2))
     return 0
 
 

@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stack.down()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gateway_bench",
         description=__doc__,
@@ -224,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--root", help="stack directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
-    print(json.dumps(run(parser.parse_args(argv)), indent=2))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    print(json.dumps(run(parser().parse_args(argv)), indent=2))
     return 0
 
 

@@ -88,6 +88,8 @@ class Stack:
 
     ``scout_nodes`` Scout simulator nodes (1 to 6) sit behind HAProxy; ``services``
     is a subset of ``{"operator", "kafka-bridge", "gateway"}`` to run from the working tree.
+    ``durable_db`` runs PostgreSQL with production durability (fsync, synchronous
+    commit, full-page writes); the benchmarks want it, the tests do not need it.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Stack:
         services: Sequence[str] = (),
         node: bool | None = None,
         apply_crds: bool = True,
+        durable_db: bool = False,
     ) -> None:
         if not 1 <= scout_nodes <= 6:
             raise ValueError("scout_nodes must be between 1 and 6")
@@ -113,6 +116,7 @@ class Stack:
         self.node = node
         #: Apply crds/ after the API server starts (as `make up` does); False: a clean cluster.
         self.apply_crds = apply_crds
+        self.durable_db = durable_db
         self.pki = PKI(self.root / "pki")
         self._lock = threading.RLock()
         self._ports: dict[str, int] | None = None

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     scout_status_concurrency: int = Field(
         default=8, ge=1, description="File-status queries in flight at once (restage pass)."
     )
+    scout_status_rate_per_second: float = Field(
+        default=100.0,
+        gt=0,
+        description="File-status queries per second, all restage passes together: the archive"
+        " is shared, so a 100,000-file pass takes about 100,000 / rate seconds.",
+    )
 
     # --- Kafka -------------------------------------------------------------
     kafka_server: str = Field(
@@ -179,7 +185,10 @@ class Settings(BaseSettings):
     bridge_batch_size: int = Field(default=5000, ge=1)
     bridge_batch_window_ms: int = Field(default=50, ge=1)
     bridge_patch_interval_ms: int = Field(
-        default=500, ge=0, description="At most one status patch per job per this interval."
+        default=1000,
+        ge=0,
+        description="At most one progress status patch per job per this interval (a person"
+        " watching sees no more than one change a second; completions are patched at once).",
     )
     bridge_patch_rate: float = Field(
         default=10.0,

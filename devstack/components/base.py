@@ -36,6 +36,8 @@ class StackView(Protocol):
     node: bool
     #: Whether the API server applies crds/ when it starts (tests of the chart's CRD say no).
     apply_crds: bool
+    #: PostgreSQL with fsync, synchronous_commit and full_page_writes on (benchmarks).
+    durable_db: bool
 
     @property
     def kafka_user(self) -> str: ...

@@ -2,7 +2,9 @@
 
 ``initdb`` makes a cluster under ``root/postgres/data`` (not the system cluster),
 listening on its own loopback port with its unix socket under the stack root, and
-without fsync (a dev stack does not need durability; it is faster). A database
+without fsync (a dev stack does not need durability; it is faster) unless the
+stack is ``durable_db`` (the benchmarks: fsync, synchronous commit and full-page
+writes on, as in production). A database
 ``mwa_staging`` owned by the password user ``mwa`` is created once it runs.
 
 PostgreSQL refuses to run as root, and the launcher runs as root in CI. Then the
@@ -119,9 +121,7 @@ class Postgres(Component):
             "listen_addresses": "127.0.0.1",
             "port": str(stack.port("postgres")),
             "unix_socket_directories": str(self.base(stack) / "run"),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            **durability(stack.durable_db),
             "shared_buffers": "64MB",
             "max_connections": "200",
             "logging_collector": "off",
@@ -174,6 +174,12 @@ class Postgres(Component):
 
     def ports(self, stack: Stack) -> list[int]:
         return [stack.port("postgres")]
+
+
+def durability(durable: bool) -> dict[str, str]:
+    """The durability settings: production's (all on) or the test stack's (all off)."""
+    value = "on" if durable else "off"
+    return {"fsync": value, "synchronous_commit": value, "full_page_writes": value}
 
 
 def database_url(stack: Stack) -> str:

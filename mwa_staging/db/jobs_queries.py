@@ -384,17 +384,32 @@ def _claims(cur: Cursor) -> list[Claim]:
     return [Claim(*row) for row in cur.fetchall()]
 
 
-def claim_restages(cur: Cursor, limit: int) -> list[Claim]:
-    """Staging jobs whose restage pass is due; the next pass is scheduled at once."""
+def claim_restages(cur: Cursor, limit: int, running: Sequence[int] = ()) -> list[Claim]:
+    """Staging jobs whose restage pass is due; the next pass is scheduled at once.
+
+    ``running``: jobs whose pass is still under way (a 100,000-file pass at a
+    bounded rate can outlast a short restage interval); they are not claimed
+    again, so one job never has two passes at once. :func:`reschedule_restage`
+    counts the interval from the end of the pass.
+    """
     cur.execute(
         "UPDATE jobs j SET next_restage_at = now() + make_interval(secs => j.restage_interval_s)"
         " FROM (SELECT id FROM jobs WHERE state = %(staging)s AND live"
-        "       AND next_restage_at <= now()"
+        "       AND next_restage_at <= now() AND id <> ALL(%(running)s)"
         "       ORDER BY next_restage_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) due"
         " WHERE j.id = due.id RETURNING j.id, j.job_id, j.namespace, j.name, j.uid",
-        params(limit=limit),
+        params(limit=limit, running=list(running)),
     )
     return _claims(cur)
+
+
+def reschedule_restage(cur: Cursor, job_pk: int) -> None:
+    """A pass ended: the next one is due one interval from now (if the job still stages)."""
+    cur.execute(
+        "UPDATE jobs SET next_restage_at = now() + make_interval(secs => restage_interval_s)"
+        " WHERE id = %(job)s AND state = %(staging)s AND next_restage_at IS NOT NULL",
+        params(job=job_pk),
+    )
 
 
 def claim_cancels(cur: Cursor, limit: int, retry_s: float) -> list[Claim]:

@@ -33,7 +33,7 @@ from mwa_staging_operator import metrics
 from mwa_staging_operator.db_pool import DatabasePool
 from mwa_staging_operator.events import EventRecorder
 from mwa_staging_operator.listen import Listener
-from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+from mwa_staging_operator.ratelimit import Pacer, SlidingWindowLimiter
 from mwa_staging_operator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class App:
             limits=httpx.Limits(max_connections=settings.callback_concurrency),
         )
         self.limiter = SlidingWindowLimiter(settings.callback_rate_per_minute, 60.0)
+        self.status_pacer = Pacer(settings.scout_status_rate_per_second)
         self._wake = asyncio.Event()
         self.projection_busy = False
         self.listener: Listener | None = None

@@ -47,10 +47,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 
@@ -70,6 +70,31 @@ log = logging.getLogger(__name__)
 #: The create handler stops waiting for the file lookup this long after the
 #: job's deadline (the scheduler has timed the job out by then).
 DEADLINE_GRACE_SECONDS = 1.0
+#: A step (the lookup, the stage calls) that takes longer than this gets its
+#: phase shown while it runs; a quicker one is shown by the next status write.
+SHOW_PHASE_AFTER_SECONDS = 0.5
+
+T = TypeVar("T")
+
+
+async def _show_if_slow(app: Services, job_pk: int, work: Awaitable[T]) -> T:
+    """Await ``work``; once it has taken SHOW_PHASE_AFTER_SECONDS, write the job's status.
+
+    Each status write is a request to the API server and an event to every
+    watcher, so a small job's quick steps share one write (the one after its
+    stage call) instead of one each; a person still sees a slow step's phase
+    (Resolving during a long lookup, Staging while a stage call is slow) within
+    half a second. A job of several stage calls shows Staging before them.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=SHOW_PHASE_AFTER_SECONDS)
+        if not done:
+            await app.update_status(job_pk)
+        return await task
+    except BaseException:
+        task.cancel()
+        raise
 
 
 class JobEnded(Exception):
@@ -142,7 +167,7 @@ async def handle_create(app: Services, body: Mapping[str, Any]) -> None:
     if created.created:
         metrics.JOBS_CREATED.labels("accepted").inc()
     try:
-        await _advance(app, job, body, ref, new_row=created.created)
+        await _advance(app, job, body, ref)
     except RetryLater:
         raise
     except psycopg2.Error as exc:
@@ -175,17 +200,14 @@ async def _fail(
     app.wake()
 
 
-async def _advance(
-    app: Services, job: JobRow, body: Mapping[str, Any], ref: ObjectRef, *, new_row: bool
-) -> None:
+async def _advance(app: Services, job: JobRow, body: Mapping[str, Any], ref: ObjectRef) -> None:
     """Run the steps the row's state still needs (the module's table), in order."""
     paths: list[str] | None = None
     if job.state == JobState.RESOLVING:
         if not await _callback_host_allowed(app, job, ref):
             return
-        if new_row:
-            await app.update_status(job.id)  # show Resolving while the lookup runs
-        found = await _lookup(app, job, body["spec"], ref)
+        # Resolving is shown if the lookup takes a while (see _show_if_slow).
+        found = await _show_if_slow(app, job.id, _lookup(app, job, body["spec"], ref))
         if found is None:
             return
         paths = await _record_files(app, job, ref, found)
@@ -244,8 +266,7 @@ async def _record_files(
         return None
     metrics.FILES_RESOLVED.inc(len(paths))
     app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
-    await app.update_status(job.id)
-    return paths
+    return paths  # Staging is shown during the stage calls, or after them (_request_stage)
 
 
 async def _stage(app: Services, job: JobRow, ref: ObjectRef, paths: list[str] | None) -> None:
@@ -282,10 +303,15 @@ async def _request_stage(app: Services, job: JobRow, ref: ObjectRef, paths: list
             raise JobEnded(state)
 
     started = time.monotonic()
+    calls_made = app.scout.stage(
+        paths, str(job.job_id), app.settings.kafka_topic, on_accepted=on_accepted
+    )
     try:
-        calls = await app.scout.stage(
-            paths, str(job.job_id), app.settings.kafka_topic, on_accepted=on_accepted
-        )
+        if len(paths) > app.settings.scout_max_paths_per_call:
+            await app.update_status(job.id)  # several stage calls: show Staging now
+            calls = await calls_made
+        else:
+            calls = await _show_if_slow(app, job.id, calls_made)
     except JobEnded as ended:
         # Timed out (or deleted) while staging: what was staged is cancelled by
         # the scheduler (record_stage_progress scheduled it); nothing more to do.

@@ -10,6 +10,7 @@ and its lease never expires while it waits for a slot.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,3 +52,36 @@ class SlidingWindowLimiter:
         if len(self._sent) < self.limit:
             return 0.0
         return max(0.0, self._sent[0] + self.period - now)
+
+
+class Pacer:
+    """At most ``rate`` events a second, evenly spaced, for every caller of :meth:`wait`.
+
+    The restage passes' file-status queries go through one of these (setting
+    ``scout_status_rate_per_second``): the archive is shared with every other
+    client, so a 100,000-file pass must trickle, not burst, however many passes
+    run at once. Slots are handed out in call order (``next`` moves forward by
+    ``1/rate`` per call), so the bound holds across all concurrent passes; an
+    idle pacer does not bank slots for a later burst.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        self.rate = rate
+        self._gap = 1.0 / rate
+        self._clock = clock
+        self._next = 0.0
+
+    def delay(self) -> float:
+        """Take the next slot; seconds to wait until it (0 when it is now)."""
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._gap
+        return slot - now
+
+    async def wait(self) -> None:
+        """Wait for this caller's slot."""
+        pause = self.delay()
+        if pause > 0:
+            await asyncio.sleep(pause)

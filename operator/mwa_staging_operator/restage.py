@@ -7,6 +7,10 @@ Scout's file status: those on disk are recorded as ready (which may complete
 the job, by the same rule as the bridge: ``mwa_staging.db.completion``), the
 others are staged again.
 Staging twice is harmless, so the worst a needless pass costs is Scout calls.
+Those calls are bounded: at most ``scout_status_concurrency`` in flight and
+``scout_status_rate_per_second`` a second, all passes of the process together
+(the archive is shared), and a pass runs as its own task in the scheduler's
+restage lane, so it never holds up other jobs' work.
 
 A pass stops at the first Scout failure (the archive is probably down and every
 further query would wait out the retry budget); the next pass is already
@@ -24,18 +28,21 @@ from mwa_staging.scout import ScoutClient, ScoutError
 from mwa_staging.vocabulary import JobState, Reason
 from mwa_staging_operator import metrics
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.ratelimit import Pacer
 from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
 
 
 async def split_on_disk(
-    scout: ScoutClient, paths: Sequence[str], concurrency: int
+    scout: ScoutClient, paths: Sequence[str], concurrency: int, pacer: Pacer | None = None
 ) -> tuple[list[str], list[str]]:
     """(on disk, not on disk or unknown) for ``paths``, ``concurrency`` queries at a time.
 
     A fixed set of workers walks the list, so 100,000 paths never become
-    100,000 tasks. Raises ScoutError (the first one) and stops the others.
+    100,000 tasks; each query first waits for its slot of ``pacer`` (the
+    process-wide rate of file-status queries). Raises ScoutError (the first
+    one) and stops the others.
     """
     on_disk: list[str] = []
     offline: list[str] = []
@@ -43,6 +50,8 @@ async def split_on_disk(
 
     async def worker() -> None:
         for path in items:
+            if pacer is not None:
+                await pacer.wait()
             status = await scout.file_status(path)
             if status is not None and status.on_disk:
                 on_disk.append(path)
@@ -61,14 +70,21 @@ async def split_on_disk(
 
 
 async def restage(app: Services, claim: jobs_queries.Claim) -> None:
-    """One restage pass over one job."""
+    """One restage pass over one job; the next one is due an interval after it ends."""
+    try:
+        await _pass(app, claim)
+    finally:
+        await app.db.run(lambda cur: jobs_queries.reschedule_restage(cur, claim.job_pk))
+
+
+async def _pass(app: Services, claim: jobs_queries.Claim) -> None:
     ref = ObjectRef(claim.namespace, claim.name, claim.uid)
     paths = await app.db.run(lambda cur: jobs_queries.pending_paths(cur, claim.job_pk))
     if not paths:
         return
     try:
         on_disk, offline = await split_on_disk(
-            app.scout, paths, app.settings.scout_status_concurrency
+            app.scout, paths, app.settings.scout_status_concurrency, app.status_pacer
         )
     except ScoutError as exc:
         log.warning("restage pass of job %s stopped: %s", claim.job_id, exc)

@@ -177,7 +177,9 @@ class Scheduler:
 
         if self.restages.free:
             for claim in await app.db.run(
-                lambda cur: jobs_queries.claim_restages(cur, self.restages.free)
+                lambda cur: jobs_queries.claim_restages(
+                    cur, self.restages.free, list(self.restages.tasks)
+                )
             ):
                 self.restages.start(claim.job_pk, restage.restage(app, claim))
 

@@ -22,7 +22,7 @@ from mwa_staging.scout import ScoutClient
 from mwa_staging.settings import Settings
 from mwa_staging_operator.db_pool import DatabasePool
 from mwa_staging_operator.events import EventRecorder
-from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+from mwa_staging_operator.ratelimit import Pacer, SlidingWindowLimiter
 
 T = TypeVar("T")
 
@@ -40,6 +40,8 @@ class Services(Protocol):
     http: httpx.AsyncClient  # the data_files lookup
     callback_http: httpx.AsyncClient
     limiter: SlidingWindowLimiter
+    #: Paces the restage passes' file-status queries (``scout_status_rate_per_second``).
+    status_pacer: Pacer
     #: Set when a status write was refused (busy lock, API error): the sweep retries soon.
     projection_busy: bool
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+from mwa_staging_operator.ratelimit import Pacer, SlidingWindowLimiter
 
 from mwa_staging.callback_client import (
     after_failure,
@@ -174,3 +174,15 @@ def test_rate_limiter_allows_n_per_sliding_window() -> None:
     assert limiter.available() == 1
     clock.now = 80.0
     assert limiter.available() == 2
+
+
+def test_pacer_spaces_every_caller_and_banks_no_burst() -> None:
+    clock = FakeClock()
+    pacer = Pacer(4.0, clock=clock)  # one slot per 0.25 s
+    # Three callers at once: now, +0.25, +0.5 (all passes share the one rate).
+    assert [pacer.delay() for _ in range(3)] == [0.0, 0.25, 0.5]
+    clock.now = 10.0  # idle for a while: no banked slots, the next one is now
+    assert pacer.delay() == 0.0
+    assert pacer.delay() == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        Pacer(0)

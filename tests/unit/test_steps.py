@@ -25,7 +25,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from mwa_staging_operator import callback_delivery, create, deadline, scheduler
 from mwa_staging_operator.events import ObjectRef
-from mwa_staging_operator.ratelimit import SlidingWindowLimiter
+from mwa_staging_operator.ratelimit import Pacer, SlidingWindowLimiter
 
 from mwa_staging.db import jobs_queries, status_queries
 from mwa_staging.db.rows import JobRow
@@ -139,6 +139,7 @@ class FakeApp:
             transport=httpx.MockTransport(receiver or (lambda r: httpx.Response(200)))
         )
         self.limiter = SlidingWindowLimiter(self.settings.callback_rate_per_minute, 60.0)
+        self.status_pacer = Pacer(self.settings.scout_status_rate_per_second)
         self.projection_busy = False
         self.wake_event = asyncio.Event()
         self.wakes = 0
