@@ -45,5 +45,5 @@ COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080 8081 8082
-# The chart sets the command (mwa-staging-operator or mwa-kafka-bridge).
+# The chart sets the command (mwa-staging-operator, mwa-kafka-bridge or mwa-staging-gateway).
 CMD ["mwa-staging-operator"]

@@ -4,9 +4,11 @@ A release runs the chart's own pods from the images built here
 (devstack.images): the operator and the Kafka bridge from the project's image,
 HAProxy and the bundled PostgreSQL from the local stand-ins. The simulators
 (Scout nodes, data_files, the callback receiver) and Kafka stay processes of the
-stack on loopback. Pods use the host network (no pod network here), so every
-component of a release gets ports of its own, picked free like the stack's
-(``ports.json`` under ``<release>/...`` keys), and everything binds 127.0.0.1.
+stack on loopback. The HTTP gateway runs as a pod too, with a token Secret holding
+the stack's ``STAGING_API_TOKEN``; for release ``mwa-staging`` the stack's env
+file points ``STAGING_API_URL`` at it. Pods use the host network (no pod network
+here), so every component of a release gets ports of its own, picked free like the
+stack's (``ports.json`` under ``<release>/...`` keys), and everything binds 127.0.0.1.
 
 Values: ``charts/mwa-staging/ci/node-values.yaml`` (what every node release
 shares: hostNetwork, pull policy Never, one replica each, loopback binds) plus
@@ -31,17 +33,18 @@ import yaml
 
 from devstack import build, chart, images
 from devstack.components.node import LOCAL_STORAGE_CLASS, import_images
-from devstack.stack import Stack, StackError
+from devstack.stack import NODE_RELEASE, Stack, StackError, release_port_key
 
-RELEASE = "mwa-staging"
+RELEASE = NODE_RELEASE
 NAMESPACE = "mwa-staging"
 NODE_VALUES = chart.CHART_DIR / "ci" / "node-values.yaml"
-COMPONENT_PORTS = ("operator", "bridge", "haproxy", "haproxy-monitor", "postgresql")
+COMPONENT_PORTS = ("operator", "bridge", "gateway", "haproxy", "haproxy-monitor", "postgresql")
 #: Secret names a node release reads (created by :func:`ensure_secrets`).
 SCOUT_SECRET = "devstack-scout"
 CALLBACK_SECRET = "devstack-callback"
 CA_SECRET = "devstack-ca"
 HAPROXY_TLS_SECRET = "devstack-haproxy-tls"
+GATEWAY_TOKENS_SECRET = "devstack-gateway-tokens"
 
 
 def fullname(release: str) -> str:
@@ -50,7 +53,7 @@ def fullname(release: str) -> str:
 
 
 def release_ports(stack: Stack, release: str) -> dict[str, int]:
-    return {name: stack.port(f"{release}/{name}") for name in COMPONENT_PORTS}
+    return {name: stack.port(release_port_key(release, name)) for name in COMPONENT_PORTS}
 
 
 def release_values(
@@ -108,6 +111,12 @@ def release_values(
             "extraEnv": env_list(dict(operator_env or {})),
         },
         "bridge": {"httpPort": ports["bridge"], "extraEnv": env_list({})},
+        "gateway": {
+            "enabled": True,
+            "port": ports["gateway"],
+            "auth": {"tokens": {"existingSecret": GATEWAY_TOKENS_SECRET}},
+            "extraEnv": env_list({}),
+        },
         "dataFiles": {"url": env["DATA_FILES_URL"]},
         # The stack's callback receiver is on loopback, which callbacks may reach only
         # when allowed explicitly (mwa_staging.callback_policy).
@@ -148,6 +157,7 @@ def ensure_secrets(stack: Stack, namespace: str) -> None:
             {"username": env["RESULT_USERNAME"], "password": env["RESULT_PASSWORD"]},
         ),
         _secret(CA_SECRET, namespace, {"ca.crt": pki.ca.cert.read_text()}),
+        _secret(GATEWAY_TOKENS_SECRET, namespace, {"tokens": env["STAGING_API_TOKEN"] + "\n"}),
         _secret(
             HAPROXY_TLS_SECRET,
             namespace,

@@ -56,6 +56,7 @@ PROJECT_CONTEXT = (
     "mwa_staging",
     "operator",
     "kafka_bridge",
+    "mwa_staging_gateway",
     "devstack",
 )
 IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}

@@ -59,6 +59,14 @@ RESULT_USERNAME = "asvo"
 DEFAULT_TOPIC = "mwa-staging"
 #: The namespace the stack's HTTP gateway creates its StagingJobs in.
 GATEWAY_NAMESPACE = "mwa-asvo"
+#: The chart release a stack with a node runs (``make cluster``, tests/cluster).
+NODE_RELEASE = "mwa-staging"
+
+
+def release_port_key(release: str, component: str) -> str:
+    """The ports.json key of a node release's component (its pods bind it on the host)."""
+    return f"{release}/{component}"
+
 
 SCOUT_PATHS = {
     "SCOUT_LOGIN_URL": "/v1/security/login",
@@ -280,8 +288,9 @@ class Stack:
                 "BRIDGE_HTTP_PORT": str(self.port("kafka-bridge-http")),
                 "GATEWAY_PORT": str(self.port("gateway-http")),
                 "GATEWAY_NAMESPACE": GATEWAY_NAMESPACE,
-                # The HTTP API (the original's), and a bearer token it accepts.
-                "STAGING_API_URL": f"http://127.0.0.1:{self.port('gateway-http')}",
+                # The HTTP API (the original's), and a bearer token it accepts: the
+                # gateway run from the working tree or, on a node, the release's pod.
+                "STAGING_API_URL": f"http://127.0.0.1:{self.port(self._api_port_key())}",
                 "STAGING_API_TOKEN": self.secret(
                     "gateway-token", lambda: secrets.token_urlsafe(32)
                 ),
@@ -296,6 +305,12 @@ class Stack:
             }
         )
         return env
+
+    def _api_port_key(self) -> str:
+        """Where STAGING_API_URL points: the host-run gateway unless the node's pod serves."""
+        if self.node and "gateway" not in self.services:
+            return release_port_key(NODE_RELEASE, "gateway")
+        return "gateway-http"
 
     def env_value(self, name: str) -> str:
         return self.env[name]

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mwa_staging.callback_policy import CallbackRefused, check_url
 from mwa_staging.db import gateway_queries as gq
+from mwa_staging.db.connect import until_reachable
 from mwa_staging.db.migrate import migrate
 from mwa_staging.scout import ScoutError
 from mwa_staging.settings import Settings
@@ -120,7 +121,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> Guard:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        applied = await run_in_threadpool(db.run_conn, migrate)
+        # The database may still be starting: wait (no /healthz answer meanwhile).
+        applied = await until_reachable(lambda: run_in_threadpool(db.run_conn, migrate), log)
         if applied:
             log.info("applied migrations %s", applied)
         tasks = [

@@ -14,14 +14,18 @@ Events, so :func:`connect` re-raises them with the password removed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import psycopg2
 import psycopg2.extensions
 
 REDACTED = "***"
+T = TypeVar("T")
 
 
 def _secrets(dsn: str) -> list[str]:
@@ -113,3 +117,28 @@ class KeptConnection:
             with contextlib.suppress(psycopg2.Error):
                 self._conn.close()
         self._conn = None
+
+
+async def until_reachable(
+    start: Callable[[], Awaitable[T]],
+    log: logging.Logger,
+    *,
+    first_delay: float = 0.5,
+    longest_delay: float = 5.0,
+) -> T:
+    """``await start()`` again and again until the database lets it through.
+
+    In a pod the database may still be starting (the chart's bundled PostgreSQL
+    initialises beside the operator and the gateway): a process that waits, not
+    Ready meanwhile, is better than one that exits and is restarted by the
+    kubelet with a growing back-off. Errors other than an unreachable database
+    are raised at once.
+    """
+    delay = first_delay
+    while True:
+        try:
+            return await start()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            log.warning("the database is not reachable yet (%s); retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest_delay)

@@ -25,13 +25,12 @@ kopf settings, and why:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import kopf
-import psycopg2
 
+from mwa_staging.db.connect import until_reachable
 from mwa_staging.kube import GROUP, PLURAL, VERSION
 from mwa_staging.observability import serve_http, setup_logging
 from mwa_staging.settings import load
@@ -81,19 +80,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 660
     runtime: Runtime = memo.runtime
     app = App(runtime.settings)
-    # In a pod the database may still be starting (the chart's bundled PostgreSQL
-    # initialises beside the operator): wait for it instead of ending the process,
-    # which the kubelet would restart with a growing back-off. /healthz is not OK
-    # meanwhile.
-    delay = 0.5
-    while True:
-        try:
-            await app.start()
-            break
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            log.warning("the database is not reachable yet (%s); retrying in %.0f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    # The database may still be starting: wait (/healthz is not OK meanwhile).
+    await until_reachable(app.start, log)
     runtime.app = app
 
 

@@ -31,6 +31,7 @@ CRD_COPY = CHART / "files" / "crds" / "stagingjobs.yaml"
 CRD_NAME = "stagingjobs.staging.mwatelescope.org"
 PRODUCTION = CHART / "values-production.yaml"
 KIND = CHART / "ci" / "kind-values.yaml"
+NODE = CHART / "ci" / "node-values.yaml"
 HAPROXY = "/usr/sbin/haproxy"
 
 # Every option that adds pods, containers or volumes, for the secure-defaults checks.
@@ -48,6 +49,15 @@ EVERYTHING_ON: dict[str, Any] = {
     "gateway": {"enabled": True, "auth": {"tokens": {"existingSecret": "gw-tokens"}}},
 }
 
+# Distinct ports of every component, as the host network needs.
+NODE_PORTS: dict[str, Any] = {
+    "operator": {"httpPort": 18080},
+    "bridge": {"httpPort": 18081},
+    "gateway": {"enabled": True, "port": 18082, "auth": {"tokens": {"existingSecret": "t"}}},
+    "haproxy": {"port": 18443, "monitor": {"port": 18404}},
+    "postgresql": {"port": 15432},
+}
+
 RENDERINGS = {
     "default": {},
     "production": {"values_files": [PRODUCTION]},
@@ -55,6 +65,8 @@ RENDERINGS = {
     "everything": {"values": EVERYTHING_ON},
     "cluster-wide": {"values": {"rbac": {"clusterWide": True}}},
     "gateway-no-auth": {"values": {"gateway": {"enabled": True, "auth": {"enabled": False}}}},
+    # As devstack.cluster installs it on the local node (its ports are picked free there).
+    "node": {"values_files": [NODE], "values": NODE_PORTS},
 }
 
 
@@ -388,6 +400,61 @@ def test_gateway_has_a_role_in_its_namespace_only() -> None:
         if "operator" in d["metadata"]["name"]
     }
     assert operator_roles == {"ops", "asvo"}
+
+
+def test_host_network_pods_bind_loopback_on_ports_of_their_own() -> None:
+    """hostNetwork: every pod on it (the gateway too), listenAddress passed to each
+    process's bind setting, one-at-a-time rolling updates, distinct ports enforced."""
+    docs = render("node")
+    workloads = {name: template["spec"] for name, template in pod_specs(docs)}
+    assert {n.rsplit("-", 1)[-1] for n in workloads} == {
+        "operator", "bridge", "gateway", "haproxy", "postgresql",
+    }  # fmt: skip
+    for name, spec in workloads.items():
+        assert spec["hostNetwork"] is True, name
+        assert spec["dnsPolicy"] == "ClusterFirstWithHostNet", name
+    gateway = by_name(docs, "Deployment", "gateway")
+    assert gateway["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    [container] = gateway["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["GATEWAY_HOST"], env["GATEWAY_PORT"]) == ("127.0.0.1", "18082")
+    # Integers as integers (a large one once came out as "3.3554432e+07", refused at start).
+    assert (env["GATEWAY_MAX_BODY_BYTES"], env["GATEWAY_MAX_FILES"]) == ("33554432", "100000")
+    assert container["ports"][0]["containerPort"] == 18082
+    for component in ("operator", "bridge"):
+        spec = by_name(docs, "Deployment", component)["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env["HTTP_BIND_ADDRESS"] == "127.0.0.1", component
+    # Off the host network: surge first, bind every address.
+    default = by_name(render("everything"), "Deployment", "gateway")
+    assert default["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    env = {e["name"] for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "GATEWAY_HOST" not in env and "hostNetwork" not in default["spec"]["template"]["spec"]
+    # Two components on one port of the node: refused, naming both.
+    clash = run_helm(
+        "template", "x", str(CHART), "--values", str(NODE),
+        "--set", "gateway.enabled=true", "--set", "gateway.auth.enabled=false",
+        "--set", "gateway.port=8081",
+    )  # fmt: skip
+    assert clash.returncode != 0
+    assert "bridge.httpPort and gateway.port are both port 8081" in clash.stderr, clash.stderr
+
+
+def test_gateway_replicas_and_disruption_budget() -> None:
+    docs = render("everything")
+    assert not [
+        d for d in of_kind(docs, "PodDisruptionBudget") if "gateway" in d["metadata"]["name"]
+    ]
+    monitor = of_kind(docs, "ServiceMonitor")[0]["spec"]["selector"]["matchExpressions"][0]
+    assert "gateway" in monitor["values"]
+    docs = chart.render({**EVERYTHING_ON, "gateway": {**EVERYTHING_ON["gateway"], "replicas": 2}})
+    assert by_name(docs, "Deployment", "gateway")["spec"]["replicas"] == 2
+    pdb = by_name(docs, "PodDisruptionBudget", "gateway")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
 
 
 def test_gateway_authentication_from_a_secret_or_explicitly_off() -> None:

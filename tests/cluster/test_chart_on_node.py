@@ -1,8 +1,8 @@
 """The Helm chart on a real node: pods from the images built here run and stage files.
 
 Everything goes through the Kubernetes API (kubectl, helm) and the simulators'
-HTTP endpoints; the operator, the bridge, HAProxy and PostgreSQL are the chart's
-pods. The tests share one release and run in file order: the later ones (upgrade,
+HTTP endpoints; the operator, the bridge, the HTTP gateway, HAProxy and PostgreSQL
+are the chart's pods. The tests share one release and run in file order: the later ones (upgrade,
 uninstall and reinstall, other releases) change it.
 """
 
@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 
 from devstack import cluster as node_cluster
+from devstack.cluster import SCOUT_SECRET
 from devstack.stack import Stack
 from tests.cluster.conftest import Release
 from tests.e2e.sj import Jobs, new_job_id
 from tests.e2e.target import as_target, http
+from tests.gateway.client import Api
 from tests.helpers import wait_for
 
 CRD = "stagingjobs.staging.mwatelescope.org"
-UID = {"operator": 10001, "bridge": 10001, "haproxy": 99, "postgresql": 999}
+UID = {"operator": 10001, "bridge": 10001, "gateway": 10001, "haproxy": 99, "postgresql": 999}
 FILES_WITH_ERRORS = [
     "mwa/1234567890/1234567890_ch001.fits",
     "mwa/1234567890/1234567890_ch002_ERROR.fits",
@@ -102,7 +104,7 @@ def test_clean_cluster_release_owns_the_crd(release: Release) -> None:
 
 def test_every_deployment_available_and_pods_ready(release: Release) -> None:
     stack, ns = release.stack, release.namespace
-    for name in ("operator", "bridge", "haproxy"):
+    for name in ("operator", "bridge", "gateway", "haproxy"):
         deploy = kubectl_json(stack, "get", "deployment", "-n", ns, f"mwa-staging-{name}")
         available = {c["type"]: c["status"] for c in deploy["status"].get("conditions", [])}
         assert available.get("Available") == "True", (name, deploy["status"])
@@ -114,7 +116,7 @@ def test_every_deployment_available_and_pods_ready(release: Release) -> None:
             assert "running" in status["state"], status
 
 
-@pytest.mark.parametrize("component", ["operator", "bridge", "haproxy", "postgresql"])
+@pytest.mark.parametrize("component", ["operator", "bridge", "gateway", "haproxy", "postgresql"])
 def test_running_containers_are_confined(release: Release, component: str) -> None:
     """Seen from inside the running container: non-root uid, no new privileges, no
     capabilities, a read-only root filesystem; its kubelet probes pass."""
@@ -138,10 +140,11 @@ def test_running_containers_are_confined(release: Release, component: str) -> No
     assert pod["spec"]["hostNetwork"] is True
 
 
-def test_operator_and_bridge_use_the_in_cluster_configuration(release: Release) -> None:
+def test_operator_bridge_and_gateway_use_the_in_cluster_configuration(release: Release) -> None:
     """No kubeconfig in the pods: the projected ServiceAccount token and
     KUBERNETES_SERVICE_*; a client built the way the services build theirs works
-    with only the chart's RBAC (and is refused what that RBAC does not grant)."""
+    with only the chart's RBAC (and is refused what that RBAC does not grant: the
+    gateway and the bridge may not even read a Secret of their own namespace)."""
     stack, ns = release.stack, release.namespace
     script = (
         "import base64, json, os\n"
@@ -158,12 +161,19 @@ def test_operator_and_bridge_use_the_in_cluster_configuration(release: Release) 
         "    denied = False\n"
         "except client.ApiException as exc:\n"
         "    denied = exc.status == 403\n"
+        "try:\n"
+        f"    client.CoreV1Api(api_client(None)).read_namespaced_secret('{SCOUT_SECRET}', '{ns}')\n"
+        "    secret = True\n"
+        "except client.ApiException as exc:\n"
+        "    secret = exc.status != 403\n"
         "print(json.dumps({'sub': claims['sub'], 'host': os.environ['KUBERNETES_SERVICE_HOST'],\n"
-        "                  'kind': jobs['kind'], 'denied': denied}))\n"
+        "                  'kind': jobs['kind'], 'denied': denied, 'secret': secret}))\n"
     )
-    for component, account in (
-        ("operator", "mwa-staging-operator"),
-        ("bridge", "mwa-staging-bridge"),
+    # Only the operator reads Secrets (a job's callback credentials), with get alone.
+    for component, account, secret in (
+        ("operator", "mwa-staging-operator", True),
+        ("bridge", "mwa-staging-bridge", False),
+        ("gateway", "mwa-staging-gateway", False),
     ):
         pod = ready_pod(stack, ns, component)
         assert pod["spec"]["serviceAccountName"] == account
@@ -173,6 +183,7 @@ def test_operator_and_bridge_use_the_in_cluster_configuration(release: Release) 
             "host": "127.0.0.1",
             "kind": "StagingJobList",
             "denied": True,
+            "secret": secret,
         }
 
 
@@ -224,6 +235,49 @@ def test_jobs_end_to_end_through_the_pods(release: Release, fast_archive: None) 
     jobs.wait_delivered("files")
     jobs.wait_delivered("obs")
     assert haproxy_requests(stack, ns, "/v1/request/batchstage") >= stages_before + 2
+
+
+def test_http_job_through_the_gateway_pod(release: Release, fast_archive: None) -> None:
+    """The original API served by the chart's gateway pod, as the portal uses it:
+    STAGING_API_URL and STAGING_API_TOKEN of the stack's env file; 401 without the
+    token; a file list with ERROR files polled until completed, exact counts, one
+    callback with the original's payload; an ordinary StagingJob in the release's
+    namespace, staged through the HAProxy pod."""
+    stack, ns = release.stack, release.namespace
+    env = stack.env
+    port = node_cluster.release_ports(stack, release.name)["gateway"]
+    assert env["STAGING_API_URL"] == f"http://127.0.0.1:{port}"
+    api = Api(env["STAGING_API_URL"], env["STAGING_API_TOKEN"])
+    job_id = new_job_id()
+    files = [f.replace("1234567890", str(job_id)) for f in FILES_WITH_ERRORS]
+    body = {"job_id": job_id, "notify_url": env["CALLBACK_URL"], "files": files}
+
+    refused = api.with_token(None).submit(body)
+    assert refused.status == 401 and refused.body["errormsg"], refused.body
+    assert api.with_token(None).status(job_id).status == 401
+    assert api.status(job_id).status == 404, "a refused request created a job"
+
+    stages_before = haproxy_requests(stack, ns, "/v1/request/batchstage")
+    accepted = api.submit(body)
+    assert (accepted.status, accepted.body) == (202, None)
+
+    def completed() -> dict[str, Any] | None:
+        answer = api.status(job_id)
+        return answer.body if answer.status == 200 and answer.body["completed"] else None
+
+    status = wait_for(completed, timeout=120, interval=0.5, message=f"job {job_id} completed")
+    assert (status["total_files"], status["ready_files"], status["error_files"]) == (5, 3, 2)
+    assert one_callback(stack, job_id) == {
+        "job_id": job_id,
+        "return_code": 5,
+        "total_files": 5,
+        "ready_files": 3,
+        "error_files": 2,
+        "comment": "3 staged, 2 failed",
+    }
+    job = kubectl_json(stack, "get", "stagingjob", "-n", ns, f"job-{job_id}")
+    assert job["spec"]["jobId"] == job_id
+    assert haproxy_requests(stack, ns, "/v1/request/batchstage") >= stages_before + 1
 
 
 # --------------------------------------------------------------------------- failures

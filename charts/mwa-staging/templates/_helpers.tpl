@@ -258,6 +258,7 @@ their ports on it; each component needs its own ports) and hostAliases.
 */}}
 {{- define "mwa-staging.podNetwork" -}}
 {{- if .Values.hostNetwork }}
+{{- include "mwa-staging.hostPortsDistinct" . }}
 hostNetwork: true
 dnsPolicy: ClusterFirstWithHostNet
 {{- end }}
@@ -281,5 +282,31 @@ rollingUpdate:
 {{- else }}
   maxSurge: 1
   maxUnavailable: 0
+{{- end }}
+{{- end }}
+
+{{/*
+On the host network every port of every component is bound on the node: refuse a
+rendering where two of them are the same (the second pod would never start).
+*/}}
+{{- define "mwa-staging.hostPortsDistinct" -}}
+{{- $ports := dict "operator.httpPort" .Values.operator.httpPort "bridge.httpPort" .Values.bridge.httpPort }}
+{{- if .Values.gateway.enabled }}
+{{- $_ := set $ports "gateway.port" .Values.gateway.port }}
+{{- end }}
+{{- if .Values.haproxy.enabled }}
+{{- $_ := set $ports "haproxy.port" .Values.haproxy.port }}
+{{- $_ := set $ports "haproxy.monitor.port" .Values.haproxy.monitor.port }}
+{{- end }}
+{{- if include "mwa-staging.bundledPostgres" . }}
+{{- $_ := set $ports "postgresql.port" .Values.postgresql.port }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $key, $port := $ports }}
+{{- $p := toString (int $port) }}
+{{- if hasKey $seen $p }}
+{{- fail (printf "hostNetwork: %s and %s are both port %s; on the host network every component needs a port of its own" (get $seen $p) $key $p) }}
+{{- end }}
+{{- $_ := set $seen $p $key }}
 {{- end }}
 {{- end }}
