@@ -190,6 +190,16 @@ def test_operator_bridge_and_gateway_use_the_in_cluster_configuration(release: R
 # --------------------------------------------------------------------------- jobs
 
 
+def outcome(status: dict[str, Any]) -> tuple[int, int, int, int]:
+    """A job's return code and file counts (total, ready, error), compared as one."""
+    return (
+        status["returnCode"],
+        status["totalFiles"],
+        status["readyFiles"],
+        status["errorFiles"],
+    )
+
+
 def haproxy_requests(stack: Stack, ns: str, path: str) -> int:
     pod = ready_pod(stack, ns, "haproxy")
     logs = stack.kubectl("logs", "-n", ns, pod["metadata"]["name"]).stdout
@@ -206,29 +216,9 @@ def test_jobs_end_to_end_through_the_pods(release: Release, fast_archive: None) 
     jobs.create("files", files_id, files=FILES_WITH_ERRORS)
     jobs.create("obs", obs_id, observation={"obsId": 1234500012})
     status = jobs.wait_status("files", timeout=120, phase="Complete")
-    assert (
-        status["returnCode"],
-        status["totalFiles"],
-        status["readyFiles"],
-        status["errorFiles"],
-    ) == (
-        5,
-        5,
-        3,
-        2,
-    )
+    assert outcome(status) == (5, 5, 3, 2)
     status = jobs.wait_status("obs", timeout=120, phase="Complete")
-    assert (
-        status["returnCode"],
-        status["totalFiles"],
-        status["readyFiles"],
-        status["errorFiles"],
-    ) == (
-        0,
-        12,
-        12,
-        0,
-    )
+    assert outcome(status) == (0, 12, 12, 0)
     body = one_callback(stack, files_id)
     assert (body["return_code"], body["ready_files"], body["error_files"]) == (5, 3, 2)
     assert one_callback(stack, obs_id)["return_code"] == 0
