@@ -180,6 +180,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=6, ge=1, description="PostgreSQL connections the operator keeps for its work."
     )
+    status_write_concurrency: int = Field(
+        default=6,
+        ge=1,
+        description="Status writes the operator makes at once, each with its own PostgreSQL"
+        " connection (held while the API server answers the patch, so they have their own"
+        " pool and never hold up the database steps of other jobs).",
+    )
 
     # --- Kafka bridge ------------------------------------------------------
     bridge_batch_size: int = Field(default=5000, ge=1)

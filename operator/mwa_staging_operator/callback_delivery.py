@@ -84,9 +84,9 @@ async def attempt(app: Services, job: JobRow) -> None:
     settings = app.settings
     ref = ObjectRef(job.namespace, job.name, job.uid)
     number = job.callback_attempts
-    if number == 1 and job.state == JobState.COMPLETE:
-        # The bridge ends jobs; the operator hears of it here, first.
-        app.events.normal(ref, Reason.COMPLETE, job.message or "")
+    # The bridge ends jobs; the operator hears of it here, first, and announces it
+    # after this attempt: with its outcome when delivered (one Event, not two).
+    announce_complete = number == 1 and job.state == JobState.COMPLETE
     refused = False
     try:
         # Every attempt is a hop: the name may resolve elsewhere than at creation.
@@ -115,8 +115,17 @@ async def attempt(app: Services, job: JobRow) -> None:
             )
         )
         metrics.CALLBACKS.labels("delivered").inc()
-        app.events.normal(ref, Reason.CALLBACK_DELIVERED, f"callback delivered (attempt {number})")
+        if announce_complete:
+            app.events.normal(
+                ref, Reason.COMPLETE, f"{job.message or 'complete'}; callback delivered"
+            )
+        else:
+            app.events.normal(
+                ref, Reason.CALLBACK_DELIVERED, f"callback delivered (attempt {number})"
+            )
     else:
+        if announce_complete:
+            app.events.normal(ref, Reason.COMPLETE, job.message or "")
         decision = after_failure(
             number,
             datetime.now(UTC),

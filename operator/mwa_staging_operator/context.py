@@ -47,8 +47,16 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.db = DatabasePool(settings.dsn(), settings.db_pool_size)
+        # Status writes hold their job's lock (and so a connection) while the API
+        # server answers: a pool of their own, so that API latency under load never
+        # takes the connections the steps of other jobs need.
+        self.status_db = DatabasePool(
+            settings.dsn(),
+            settings.status_write_concurrency,
+            application_name="mwa-staging-operator-status",
+        )
         self.kube_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kube")
-        client = api_client(settings.kubeconfig, pool_maxsize=8)
+        client = api_client(settings.kubeconfig, pool_maxsize=8 + settings.status_write_concurrency)
         self.jobs = StagingJobs(client)
         self.custom = CustomObjectsApi(client)
         self.core = CoreV1Api(client)
@@ -104,6 +112,7 @@ class App:
         await self.http.aclose()
         await self.callback_http.aclose()
         await asyncio.to_thread(self.db.close)
+        await asyncio.to_thread(self.status_db.close)
         self.kube_executor.shutdown(wait=False, cancel_futures=True)
 
     def healthy(self) -> tuple[bool, str]:
@@ -136,7 +145,9 @@ class App:
     async def update_status(self, job_pk: int) -> None:
         """Write the job's status now; on contention or errors leave it to the sweep."""
         try:
-            outcome = await self.db.run_conn(lambda conn: write_status(conn, self.jobs, job_pk))
+            outcome = await self.status_db.run_conn(
+                lambda conn: write_status(conn, self.jobs, job_pk)
+            )
         except Exception as exc:
             log.warning("status projection of job %s failed: %s", job_pk, type(exc).__name__)
             self.projection_busy = True

@@ -265,7 +265,8 @@ async def _record_files(
     if not recorded:
         return None
     metrics.FILES_RESOLVED.inc(len(paths))
-    app.events.normal(ref, Reason.FILES_RESOLVED, f"{len(paths)} files to stage")
+    # No Event of its own: the Resolved condition shows it, and the StageRequested
+    # Event follows (each Event is an object the API server stores).
     return paths  # Staging is shown during the stage calls, or after them (_request_stage)
 
 

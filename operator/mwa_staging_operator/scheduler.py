@@ -225,7 +225,7 @@ class Scheduler:
         app.projection_busy = False
         interval = 0.0 if busy else SWEEP_AFTER_SECONDS
         try:
-            await app.db.run_conn(
+            await app.status_db.run_conn(
                 lambda conn: write_dirty_statuses(
                     conn, app.jobs, min_interval_s=interval, limit=100
                 )

@@ -32,6 +32,8 @@ class Services(Protocol):
 
     settings: Settings
     db: DatabasePool
+    #: The status writes' own connections (see ``App``).
+    status_db: DatabasePool
     jobs: StagingJobs
     custom: CustomObjectsApi
     core: CoreV1Api

@@ -150,6 +150,19 @@ def test_production_example() -> None:
     assert op_env["SCOUT_API_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mwa-staging-scout"
 
 
+def test_restage_rate_reaches_the_operator() -> None:
+    """The archive's file-status budget is a chart value, not only an env var."""
+    default = by_name(render("default"), "Deployment", "operator")
+    env = {e["name"]: e for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOUT_STATUS_RATE_PER_SECOND"]["value"] == "100"
+    docs = chart.render({"scout": {"statusRatePerSecond": 2.5}})
+    operator = by_name(docs, "Deployment", "operator")
+    env = {e["name"]: e for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOUT_STATUS_RATE_PER_SECOND"]["value"] == "2.5"
+    refused = run_helm("template", "x", str(CHART), "--set", "scout.statusRatePerSecond=0")
+    assert refused.returncode != 0 and "statusRatePerSecond" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -127,6 +127,7 @@ class FakeApp:
         values.update(settings)
         self.settings = Settings(**values)
         self.db = FakeDb()
+        self.status_db = self.db
         self.jobs = None
         self.custom = None
         self.core = FakeCore(secrets or {})
@@ -240,7 +241,6 @@ def test_create_records_the_files_before_staging_them_in_code_point_order(
     assert archive.staged == [["a", "b"], ["c"]]
     assert queries.args("record_stage_progress") == [(1, "b"), (1, "c")]
     assert app.events.posted == [
-        ("Normal", Reason.FILES_RESOLVED, "3 files to stage"),
         ("Normal", Reason.STAGE_REQUESTED, "asked the archive to stage 3 files in 2 call(s)"),
     ]
     assert app.status_updates and set(app.status_updates) == {1}
@@ -366,7 +366,9 @@ def test_attempt_delivered_is_recorded_and_announced(monkeypatch: pytest.MonkeyP
     assert queries.kwargs("record_callback_result") == [
         {"delivered": True, "http_status": 200, "error": None}
     ]
-    assert app.events.reasons() == ["Complete", Reason.CALLBACK_DELIVERED]
+    # One Event for the end and its callback delivered at the first attempt.
+    assert app.events.reasons() == [Reason.COMPLETE]
+    assert app.events.posted[0][2].endswith("; callback delivered")
     assert app.status_updates == [1]
 
 
