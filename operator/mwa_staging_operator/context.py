@@ -32,6 +32,7 @@ from mwa_staging.settings import Settings
 from mwa_staging_operator import metrics
 from mwa_staging_operator.db_pool import DatabasePool
 from mwa_staging_operator.events import EventRecorder
+from mwa_staging_operator.intake import Intake
 from mwa_staging_operator.listen import Listener
 from mwa_staging_operator.ratelimit import Pacer, SlidingWindowLimiter
 from mwa_staging_operator.scheduler import Scheduler
@@ -164,6 +165,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app: App | None = None
+        self.intake: Intake | None = None
 
     def health(self) -> tuple[bool, str]:
         if self.app is None:

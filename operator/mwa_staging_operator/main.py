@@ -11,13 +11,14 @@ kopf settings, and why:
 
 * standalone (no peering objects) and no cluster scanning: the chart runs one
   replica with least-privilege RBAC (no namespace/CRD watch rights);
-* progress and the diff base live in annotations under our own prefix
-  (``staging.mwatelescope.org/``), never in ``status`` (which is the database's
-  projection and has a schema);
-* the diff base leaves out ``spec.files`` and the other immutable fields: a
-  10,000-path list is ~400 KB and annotations are capped at 256 KiB in total.
-  Only ``ttlSecondsAfterFinished`` may change after creation (the CRD's CEL
-  rules refuse the rest), so it is the only spec field worth diffing;
+* kopf handles only the finalizer and deletion (``on.delete``, whose progress
+  lives in annotations under our own prefix, never in ``status``, which is the
+  database's projection and has a schema). Creation and the one mutable field
+  (``ttlSecondsAfterFinished``; the CRD's CEL rules refuse other changes) come
+  through ``on.event`` to :mod:`~mwa_staging_operator.intake`, which asks the
+  database how far a job has got instead of keeping kopf's last-handled
+  configuration in the object: no annotation write per job, and no deep copy of
+  the object on every watch event (:class:`NoDiffBase`);
 * kopf's own per-handler Events only at WARNING and above: the operator posts
   its own Events for each step, and thousands of jobs should not double the
   API traffic.
@@ -26,6 +27,7 @@ kopf settings, and why:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -34,24 +36,34 @@ from mwa_staging.db.connect import until_reachable
 from mwa_staging.kube import GROUP, PLURAL, VERSION
 from mwa_staging.observability import serve_http, setup_logging
 from mwa_staging.settings import load
-from mwa_staging_operator import create, delete
+from mwa_staging_operator import delete
 from mwa_staging_operator.context import App, Runtime
 from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.intake import Intake
 
 log = logging.getLogger(__name__)
 
 #: kopf's finalizer; its annotations use the API group (``kube.GROUP``) as their prefix too.
 FINALIZER = f"{GROUP}/finalizer"
-#: Spec fields left out of kopf's last-handled-configuration (immutable, possibly huge).
-DIFFBASE_IGNORED = [
-    "spec.files",
-    "spec.filesFrom",
-    "spec.observation",
-    "spec.callback",
-    "spec.jobId",
-    "spec.activeDeadlineSeconds",
-    "spec.restageIntervalSeconds",
-]
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No last-handled configuration: every object's essence is the same empty one.
+
+    So kopf never detects a change (nor writes an annotation for it): what has
+    changed is the intake's question, answered from the database.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 def _app(memo: Any) -> App:
@@ -72,9 +84,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.scanning.disabled = True
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration", ignored_fields=DIFFBASE_IGNORED
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
@@ -82,29 +92,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     app = App(runtime.settings)
     # The database may still be starting: wait (/healthz is not OK meanwhile).
     await until_reachable(app.start, log)
+    runtime.intake = Intake(app)
     runtime.app = app
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
+    if runtime.intake is not None:
+        await runtime.intake.stop()
     if runtime.app is not None:
         await runtime.app.stop()
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-async def on_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    try:
-        await create.handle_create(_app(memo), body)
-    except create.RetryLater as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
-
-
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec.ttlSecondsAfterFinished")
-async def on_ttl_change(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
-    generation = int(body.metadata.get("generation") or 1)
-    ttl = None if new is None else int(new)
-    await delete.handle_ttl_change(_app(memo), _ref(body), ttl, generation)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    assert runtime.intake is not None, "the operator has not started"
+    await runtime.intake.on_event(event.get("type"), event["object"])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

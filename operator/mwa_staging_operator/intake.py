@@ -1,0 +1,164 @@
+"""Which StagingJob watch events need work: the operator's own bookkeeping, not kopf's.
+
+kopf's ``on.create``/``on.update`` keep their state in the object itself (a
+progress annotation and the last-handled configuration). That is one more write
+of every StagingJob, one more watch event for every watcher, and, on every
+event (most of them our own status patches), a deep copy of the whole object to
+compare with that configuration. With thousands of jobs this was a large part
+of the operator's and the API server's work per job (issue 12). The database
+already knows how far each job has got, so kopf keeps only the finalizer and
+``on.delete``, and every other event comes here:
+
+* a uid and generation this process has handled: nothing (a dict lookup);
+* first sight (a new object, or every object listed at start-up):
+  :func:`mwa_staging_operator.create.handle_create`, which resumes from the
+  row's state and does nothing for a job past its create steps; and if the
+  object's generation is newer than the row's, the one mutable field
+  (``ttlSecondsAfterFinished``) is stored;
+* a newer generation of a handled object: the TTL is stored;
+* a database error (:class:`~mwa_staging_operator.create.RetryLater`): tried
+  again after its delay with the newest body seen, unless the object is being
+  deleted or gone by then.
+
+kopf runs one object's events one after another, so only a retry can overlap an
+event of the same object; a uid being worked on is not started twice (the
+running work sees the newest body on its retry, or the next event does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from mwa_staging_operator import create, delete
+from mwa_staging_operator.events import ObjectRef
+from mwa_staging_operator.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int(body["metadata"].get("generation") or 1)
+
+
+def _ttl(body: Mapping[str, Any]) -> int | None:
+    ttl = body["spec"].get("ttlSecondsAfterFinished")
+    return None if ttl is None else int(ttl)
+
+
+def _ref(body: Mapping[str, Any]) -> ObjectRef:
+    meta = body["metadata"]
+    return ObjectRef(meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "")
+
+
+class Intake:
+    """Routes watch events to the create and TTL steps; one per operator process."""
+
+    def __init__(self, app: Services) -> None:
+        self._app = app
+        self._handled: dict[str, int] = {}  # uid -> generation handled
+        self._running: set[str] = set()
+        self._waiting: dict[str, Mapping[str, Any]] = {}  # uid -> newest body, for a retry
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def known(self) -> int:
+        """Objects this process has handled (a gauge of its memory)."""
+        return len(self._handled)
+
+    @property
+    def retries_pending(self) -> int:
+        """Objects waiting for a retry after a database error."""
+        return len(self._timers)
+
+    async def on_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """One watch event (``event_type`` None: listed at start-up)."""
+        uid = body["metadata"]["uid"]
+        if event_type == "DELETED":
+            self.forget(uid)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            self._cancel_retry(uid)  # on.delete's business now
+            return
+        if self._handled.get(uid) == _generation(body):
+            return
+        if uid in self._running:
+            self._waiting[uid] = body  # seen by the retry, or by the next event
+            return
+        await self._handle(uid, body)
+
+    def forget(self, uid: str) -> None:
+        """The object is gone: drop what is kept of it."""
+        self._handled.pop(uid, None)
+        self._cancel_retry(uid)
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- the work ------------------------------------------------------------------
+
+    async def _handle(self, uid: str, body: Mapping[str, Any]) -> None:
+        while True:
+            self._running.add(uid)
+            try:
+                delay = await self._work(uid, body)
+            finally:
+                self._running.discard(uid)
+            newer = self._waiting.pop(uid, None)  # arrived while this ran
+            if delay is not None:
+                self._retry_later(uid, newer or body, delay)
+                return
+            if (
+                newer is None
+                or newer["metadata"].get("deletionTimestamp")
+                or self._handled.get(uid) == _generation(newer)
+            ):
+                return
+            body = newer
+
+    async def _work(self, uid: str, body: Mapping[str, Any]) -> float | None:
+        """Create or resume, or store a TTL change; a retry delay on a database error."""
+        generation = _generation(body)
+        try:
+            recorded = self._handled.get(uid)
+            if recorded is None:
+                job = await create.handle_create(self._app, body)
+                recorded = job.generation if job is not None else generation
+            if generation > recorded:
+                await delete.handle_ttl_change(self._app, _ref(body), _ttl(body), generation)
+        except create.RetryLater as exc:
+            log.warning("StagingJob %s: %s; trying again in %.0f s", uid, exc, exc.delay)
+            return exc.delay
+        self._handled[uid] = generation
+        return None
+
+    def _retry_later(self, uid: str, body: Mapping[str, Any], delay: float) -> None:
+        self._cancel_retry(uid)
+        self._waiting[uid] = body
+        loop = asyncio.get_running_loop()
+        self._timers[uid] = loop.call_later(delay, self._retry_now, uid)
+
+    def _retry_now(self, uid: str) -> None:
+        self._timers.pop(uid, None)
+        body = self._waiting.pop(uid, None)
+        if body is None or uid in self._running:
+            if body is not None:  # an event is being handled: try once it is done
+                self._retry_later(uid, body, 1.0)
+            return
+        task = asyncio.create_task(self.on_event("RETRY", body), name=f"intake-retry-{uid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_retry(self, uid: str) -> None:
+        self._waiting.pop(uid, None)
+        timer = self._timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
