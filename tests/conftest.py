@@ -20,6 +20,7 @@ import pytest
 
 from devstack.stack import Stack
 from tests.e2e.target import ExternalTarget, LocalTarget, Target, TargetError, is_external
+from tests.helpers import stack_dir
 
 #: Fixtures that are (or start) a local stack: a test using one needs process
 #: control or the stack's own database and Kafka, so it is marked ``local_only``.
@@ -48,7 +49,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The session's stack, with the operator and the bridge when their code exists.
 
     It is stopped at the end of the session whatever happens (failure, Ctrl-C), and
@@ -56,16 +57,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """
     if is_external():
         pytest.skip(LOCAL_ONLY_REASON)
-    the_stack = Stack(
-        tmp_path_factory.mktemp("stack"), services=("operator", "kafka-bridge", "gateway")
-    )
-    try:
-        the_stack.up()
-        yield the_stack
-    finally:
-        the_stack.down()
-    left = the_stack.leftovers()
-    assert not left, f"the stack left these behind after down(): {left}"
+    with stack_dir(request, "stack") as root:
+        the_stack = Stack(root, services=("operator", "kafka-bridge", "gateway"))
+        try:
+            the_stack.up()
+            yield the_stack
+        finally:
+            the_stack.down()
+        left = the_stack.leftovers()
+        assert not left, f"the stack left these behind after down(): {left}"
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,39 @@ fast one, and when it fails it says nothing about what was awaited.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def stack_dir(request: pytest.FixtureRequest, name: str) -> Iterator[Path]:
+    """A directory for a test stack, outside pytest's temporary tree.
+
+    Run as root, PostgreSQL runs as the ``postgres`` user, so every ancestor of its
+    data directory must be searchable by others; but pytest resets
+    ``/tmp/pytest-of-<user>`` to mode 0700 whenever any pytest session starts, so a
+    unit-test run started during ``make test`` took the stack's database away. The
+    directory is removed afterwards when no test failed, and kept (and named on
+    stderr) for inspection when one did.
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"mwa-staging-test-{name}-"))
+    root.chmod(0o711)
+    yield root
+    if request.session.testsfailed:
+        print(f"\nkept the {name} stack's directory for inspection: {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_for(

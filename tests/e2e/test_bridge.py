@@ -35,7 +35,7 @@ from bench.preload import Job, message, preload_jobs, produce, producer, unique_
 from devstack.stack import Stack
 from mwa_staging import kube
 from tests.e2e.target import Target
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, stack_dir, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -43,21 +43,20 @@ BURST_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def bridge_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def bridge_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """A stack running the bridge and not the operator (see the module docstring)."""
     if os.environ.get("BRIDGE_TESTS_SHARED_STACK") == "1":
         yield request.getfixturevalue("stack")
         return
-    the_stack = Stack(tmp_path_factory.mktemp("bridge-stack"), services=("kafka-bridge",))
-    try:
-        the_stack.up()
-        if "kafka-bridge" in the_stack.skipped:
-            pytest.skip(f"bridge unavailable: {the_stack.skipped['kafka-bridge']}")
-        yield the_stack
-    finally:
-        the_stack.down()
+    with stack_dir(request, "bridge-stack") as root:
+        the_stack = Stack(root, services=("kafka-bridge",))
+        try:
+            the_stack.up()
+            if "kafka-bridge" in the_stack.skipped:
+                pytest.skip(f"bridge unavailable: {the_stack.skipped['kafka-bridge']}")
+            yield the_stack
+        finally:
+            the_stack.down()
 
 
 # --------------------------------------------------------------------------- helpers
