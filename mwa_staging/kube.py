@@ -18,6 +18,8 @@ GROUP = "staging.mwatelescope.org"
 VERSION = "v1alpha1"
 PLURAL = "stagingjobs"
 KIND = "StagingJob"
+#: The operator's finalizer (kopf adds it; a client may set it at creation to save a write).
+FINALIZER = f"{GROUP}/finalizer"
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

@@ -490,15 +490,16 @@ def claim_callbacks(cur: Cursor, limit: int, lease_s: float) -> list[JobRow]:
 
     The attempt is recorded *before* the POST, so an attempt cut short by a
     crash is still visible; the lease makes the job due again if no outcome is
-    recorded (at-least-once delivery).
+    recorded (at-least-once delivery). The claim does not mark the status dirty
+    (``version``): an attempt in flight is shown with its outcome, one status
+    patch per attempt instead of two.
     """
     if limit <= 0:
         return []
     cur.execute(
         "UPDATE jobs j SET callback_attempts = j.callback_attempts + 1,"
         " callback_last_attempt = now(),"
-        " callback_next_attempt = now() + make_interval(secs => %(lease)s),"
-        " version = j.version + 1"
+        " callback_next_attempt = now() + make_interval(secs => %(lease)s)"
         " FROM (SELECT id FROM jobs WHERE callback_state = %(cb_pending)s"
         "       AND callback_next_attempt <= now()"
         "       ORDER BY callback_next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED) due"

@@ -9,6 +9,10 @@ of the operator's and the API server's work per job (issue 12). The database
 already knows how far each job has got, so kopf keeps only the finalizer and
 ``on.delete``, and every other event comes here:
 
+* an object without the operator's finalizer yet: nothing; kopf adds it in this
+  same cycle, and the work starts on the event of that patch. So no job is
+  started that could be deleted without ``on.delete`` cancelling it, and the
+  finalizer patch never races a status write of ours (a 422 and a retry);
 * a uid and generation this process has handled: nothing (a dict lookup);
 * first sight (a new object, or every object listed at start-up):
   :func:`mwa_staging_operator.create.handle_create`, which resumes from the
@@ -32,6 +36,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from mwa_staging.kube import FINALIZER
 from mwa_staging_operator import create, delete
 from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.services import Services
@@ -84,6 +89,8 @@ class Intake:
             self._cancel_retry(uid)  # on.delete's business now
             return
         if self._handled.get(uid) == _generation(body):
+            return
+        if FINALIZER not in (body["metadata"].get("finalizers") or ()):
             return
         if uid in self._running:
             self._waiting[uid] = body  # seen by the retry, or by the next event

@@ -33,7 +33,7 @@ from typing import Any
 import kopf
 
 from mwa_staging.db.connect import until_reachable
-from mwa_staging.kube import GROUP, PLURAL, VERSION
+from mwa_staging.kube import FINALIZER, GROUP, PLURAL, VERSION
 from mwa_staging.observability import serve_http, setup_logging
 from mwa_staging.settings import load
 from mwa_staging_operator import delete
@@ -42,9 +42,6 @@ from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.intake import Intake
 
 log = logging.getLogger(__name__)
-
-#: kopf's finalizer; its annotations use the API group (``kube.GROUP``) as their prefix too.
-FINALIZER = f"{GROUP}/finalizer"
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -82,7 +79,7 @@ def _ref(body: kopf.Body) -> ObjectRef:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
     settings.scanning.disabled = True
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = FINALIZER  # its annotations use GROUP as prefix too
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
@@ -121,6 +118,10 @@ def run() -> None:
     """Console script ``mwa-staging-operator``: settings, logging, /healthz, then kopf."""
     config = load()
     setup_logging(config.log_level, config.log_format)
+    if config.log_level.upper() != "DEBUG":
+        # kopf says "Handler 'on_event' succeeded" for every watch event (several per job,
+        # most of them our own status patches); the steps log what they did themselves.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     config.warn_insecure()  # TLS verification turned off: said loudly at every start
     runtime = Runtime(config)
     serve_http(config.operator_http_port, runtime.health, config.http_bind_address)

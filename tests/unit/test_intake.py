@@ -12,12 +12,21 @@ import pytest
 from mwa_staging_operator import create, delete
 from mwa_staging_operator.intake import Intake
 
+from mwa_staging.kube import FINALIZER
+
 
 def body(uid: str = "u1", generation: int = 1, ttl: int | None = None, **meta: Any) -> Any:
     spec: dict[str, Any] = {"jobId": 1, "files": ["a"]}
     if ttl is not None:
         spec["ttlSecondsAfterFinished"] = ttl
-    metadata = {"uid": uid, "name": "j", "namespace": "ns", "generation": generation, **meta}
+    metadata = {
+        "uid": uid,
+        "name": "j",
+        "namespace": "ns",
+        "generation": generation,
+        "finalizers": [FINALIZER],
+        **meta,
+    }
     return {"metadata": metadata, "spec": spec}
 
 
@@ -65,6 +74,20 @@ def test_first_sight_creates_and_later_events_of_that_generation_cost_nothing(
     asyncio.run(scenario())
     assert len(steps.creates) == 1 and steps.ttls == []
     assert intake.known == 1
+
+
+def test_nothing_starts_before_the_finalizer_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf adds it in the cycle of the first event; the work starts on the next one."""
+    steps = Steps(monkeypatch)
+    intake = Intake(None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await intake.on_event("ADDED", body(finalizers=[]))
+        assert steps.creates == []
+        await intake.on_event("MODIFIED", body())
+
+    asyncio.run(scenario())
+    assert len(steps.creates) == 1
 
 
 def test_a_new_generation_stores_the_ttl_without_creating_again(
