@@ -43,6 +43,9 @@ from mwa_staging.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Requests to the Scout front in flight at once, per process (HAProxy spreads them).
+SCOUT_CONNECTIONS = 16
+
 #: ``observe(endpoint, outcome, seconds)``, called once per HTTP request made.
 Observer = Callable[[str, str, float], None]
 Sleeper = Callable[[float], Awaitable[None]]
@@ -133,8 +136,16 @@ class ScoutClient:
             transport=transport,
             verify=settings.scout_verify() if transport is None else True,
             timeout=httpx.Timeout(settings.scout_timeout_seconds),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            limits=httpx.Limits(
+                max_connections=SCOUT_CONNECTIONS, max_keepalive_connections=SCOUT_CONNECTIONS
+            ),
         )
+        # Requests beyond the connections wait here, not in httpcore's pool: its
+        # queue is scanned against every connection each time one frees up, so
+        # thousands of jobs' stage calls at once made that scan most of the
+        # operator's CPU (issue 12, py-spy). Waiting for a slot is not counted in
+        # a request's time limit: it is our queue, not the archive's slowness.
+        self._slots = asyncio.Semaphore(SCOUT_CONNECTIONS)
         self._observe = observe or (lambda endpoint, outcome, seconds: None)
         self._sleep = sleep
         self._clock = clock
@@ -323,14 +334,15 @@ class ScoutClient:
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One request, its answer read within the size and time limits."""
-        answer = await fetch(
-            self._client,
-            method,
-            url,
-            max_bytes=self._settings.scout_max_response_bytes,
-            seconds=self._settings.scout_timeout_seconds,
-            **kwargs,
-        )
+        async with self._slots:
+            answer = await fetch(
+                self._client,
+                method,
+                url,
+                max_bytes=self._settings.scout_max_response_bytes,
+                seconds=self._settings.scout_timeout_seconds,
+                **kwargs,
+            )
         return httpx.Response(
             answer.status_code,
             content=answer.content,

@@ -41,7 +41,7 @@ from kubernetes.client.exceptions import ApiException
 from mwa_staging import filelists
 from mwa_staging.db import gateway_queries as gq
 from mwa_staging.db.rows import JobRow
-from mwa_staging.kube import GROUP, KIND, PLURAL, VERSION
+from mwa_staging.kube import FINALIZER, GROUP, KIND, PLURAL, VERSION
 from mwa_staging.vocabulary import Reason
 from mwa_staging_gateway.backend import Backend
 
@@ -177,6 +177,9 @@ class Jobs:
                     "app.kubernetes.io/managed-by": MANAGED_BY,
                     JOB_ID_LABEL: str(job_id),
                 },
+                # The operator's finalizer from the start: it would add it itself,
+                # one more write of the object and one more event to every watcher.
+                "finalizers": [FINALIZER],
             },
             "spec": spec,
         }
