@@ -44,7 +44,7 @@ from mwa_staging.settings import Settings
 log = logging.getLogger(__name__)
 
 #: Requests to the Scout front in flight at once, per process (HAProxy spreads them).
-SCOUT_CONNECTIONS = 16
+SCOUT_CONNECTIONS = 8
 
 #: ``observe(endpoint, outcome, seconds)``, called once per HTTP request made.
 Observer = Callable[[str, str, float], None]
@@ -140,7 +140,8 @@ class ScoutClient:
                 max_connections=SCOUT_CONNECTIONS, max_keepalive_connections=SCOUT_CONNECTIONS
             ),
         )
-        # Requests beyond the connections wait here, not in httpcore's pool: its
+        # Few connections: httpcore checks every idle one on each request. Requests
+        # beyond them wait here, not in httpcore's pool: its
         # queue is scanned against every connection each time one frees up, so
         # thousands of jobs' stage calls at once made that scan most of the
         # operator's CPU (issue 12, py-spy). Waiting for a slot is not counted in

@@ -358,11 +358,15 @@ async def _request_stage(app: Services, job: JobRow, ref: ObjectRef, paths: list
         time.monotonic() - started,
     )
     await app.db.run(lambda cur: jobs_queries.mark_stage_requested(cur, job.id))
-    app.events.normal(
-        ref,
-        Reason.STAGE_REQUESTED,
-        f"asked the archive to stage {len(paths)} files in {calls} call(s)",
-    )
+    if calls > 1:
+        # A big job's staging is worth an Event; a small job's one call is in its
+        # StageRequested condition, and its Complete Event follows (each Event is an
+        # object the API server stores: with thousands of jobs, a write per job).
+        app.events.normal(
+            ref,
+            Reason.STAGE_REQUESTED,
+            f"asked the archive to stage {len(paths)} files in {calls} call(s)",
+        )
     await app.update_status(job.id)
     app.wake()  # the first restage pass is now scheduled
 
