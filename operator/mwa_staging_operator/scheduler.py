@@ -79,6 +79,14 @@ def sleep_seconds(
     return min(max(min(candidates), MIN_SLEEP_SECONDS), max_sleep)
 
 
+async def _limited(app: Services, job: JobRow) -> None:
+    """One callback attempt; its rate-limit slot counts from when it ended."""
+    try:
+        await callback_delivery.attempt(app, job)
+    finally:
+        app.limiter.finish()
+
+
 class Lane:
     """A bounded set of running tasks of one kind."""
 
@@ -191,7 +199,7 @@ class Scheduler:
             )
             for job in rows:
                 app.limiter.take()
-                self.callbacks.start(job.id, callback_delivery.attempt(app, job))
+                self.callbacks.start(job.id, _limited(app, job))
 
         if self.deletions.free:
             for claim in await app.db.run(

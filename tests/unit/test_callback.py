@@ -161,6 +161,7 @@ def test_rate_limiter_allows_n_per_sliding_window() -> None:
     for _ in range(3):
         assert limiter.available() > 0
         limiter.take()
+        limiter.finish()  # an instant send
         clock.now += 10
     assert limiter.available() == 0
     assert limiter.wait_seconds() == pytest.approx(30.0)  # the first leaves the window at 60
@@ -169,10 +170,29 @@ def test_rate_limiter_allows_n_per_sliding_window() -> None:
     clock.now = 60.0
     assert limiter.available() == 1 and limiter.wait_seconds() == 0.0
     limiter.take()
+    limiter.finish()
     assert limiter.available() == 0
     clock.now = 75.0  # the send at 10 left the window, the one at 20 not yet
     assert limiter.available() == 1
     clock.now = 80.0
+    assert limiter.available() == 2
+
+
+def test_rate_limiter_counts_a_send_from_its_end() -> None:
+    """The receiver may see a request as late as its end: no window there holds more than N."""
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 60.0, clock=clock)
+    limiter.take()  # a slow send: starts at 0 ...
+    limiter.take()
+    assert limiter.available() == 0
+    assert limiter.wait_seconds() == 60.0  # both in flight: nothing frees before a period
+    clock.now = 30.0
+    limiter.finish()  # ... and ends (arrives, at the latest) at 30
+    limiter.finish()
+    clock.now = 61.0  # counting starts would free both slots now: arrivals 30 and 61+ in 60 s
+    assert limiter.available() == 0
+    assert limiter.wait_seconds() == pytest.approx(29.0)
+    clock.now = 90.0
     assert limiter.available() == 2
 
 
