@@ -1,9 +1,10 @@
 """Taking on a new StagingJob: record, resolve, record the files, stage.
 
-The create handler must be idempotent: kopf runs it again after a crash, and a
-100,000-file job killed anywhere in here must end with exact counts and one
-callback. Each step is a database transaction that moves the row forward, and
-the handler resumes from the state it finds:
+The create handler must be idempotent: the intake runs it again for every
+object at each start (and after a database error), and a 100,000-file job
+killed anywhere in here must end with exact counts and one callback. Each step
+is a database transaction that moves the row forward, and the handler resumes
+from the state it finds:
 
 =====================================  =========================================
 row state found                        what runs
@@ -39,7 +40,7 @@ bridge only matches files it finds there.
 Failures end the job with the contract's codes (100 and 101 from the lookup,
 102 when Scout still refuses after the retry budget, 199 for anything
 unexpected) and make the callback due. Database errors are not a reason to
-fail a job: they raise :class:`RetryLater` and kopf runs the handler again.
+fail a job: they raise :class:`RetryLater` and the intake runs the handler again.
 """
 
 from __future__ import annotations
