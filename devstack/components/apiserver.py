@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,9 +159,22 @@ class KubeApiserver(Component):
             stack.log(f"no CRDs in {CRDS_DIR}: nothing to apply")
             return
         for crd in crds:
-            stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+            _until_ok(stack, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
         for crd in crds:
-            stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+            _until_ok(stack, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
+
+
+def _until_ok(stack: Stack, *args: str, seconds: float = 60.0) -> None:
+    """``kubectl args`` until it succeeds: right after /readyz the API server can still
+    answer 429 "storage is (re)initializing" for a moment (seen as a rare failed start)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = stack.kubectl(*args, check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"kubectl {' '.join(args[:1])} failed: {result.stderr.strip()}")
+        time.sleep(0.5)  # the retry interval of a condition with a deadline
 
     def ports(self, stack: Stack) -> list[int]:
         return [stack.port("kube-apiserver")]
