@@ -47,7 +47,7 @@ $(VENV_STAMP): pyproject.toml
 
 ## build: kube-apiserver, kubectl, kubelet, controller-manager, scheduler, etcd, helm, Kafka jars; cached per version
 build: venv
-	$(PY) -m devstack.build
+	@$(PY) -m devstack.build >&2  # progress, so that `make bench > out.json` is JSON
 
 ## up: start the stack in .stack/ (idempotent) and print where things are
 up: deps build
@@ -83,22 +83,22 @@ demo: up
 
 ## bench: every benchmark, each on its own stack (one JSON document on stdout; bench/__main__.py)
 bench: deps build
-	$(PY) -m bench $(BENCH_ARGS)
+	@$(PY) -m bench $(BENCH_ARGS)
 
 ## bench-quick: the same with small numbers on one stack (make test runs it as a test)
 bench-quick: deps build
-	$(PY) -m bench --quick
+	@$(PY) -m bench --quick
 
 bench-bridge: deps build
-	$(PY) -m bench.bridge_bench $(BRIDGE_BENCH_ARGS)
+	@$(PY) -m bench.bridge_bench $(BRIDGE_BENCH_ARGS)
 
 ## bench-operator: many jobs, idle cost, big job, restage, latency under load, API server share
 bench-operator: deps build
-	$(PY) -m bench.operator_bench $(OPERATOR_BENCH_ARGS)
+	@$(PY) -m bench.operator_bench $(OPERATOR_BENCH_ARGS)
 
 ## bench-gateway: a 100,000-file POST /staging: time to 202, to Staging, to the callback
 bench-gateway: deps build
-	$(PY) -m bench.gateway_bench $(GATEWAY_BENCH_ARGS)
+	@$(PY) -m bench.gateway_bench $(GATEWAY_BENCH_ARGS)
 
 ## soak: the chaos soak on a stack of its own (SOAK_MINUTES, default 10; SOAK_SEED replays)
 SOAK_MINUTES ?= 10
