@@ -333,10 +333,6 @@ class Bench:
             if line.startswith(name) and match in line
         )
 
-    def produce_for(self, paths: Sequence[str]) -> int:
-        prod = producer(self.stack.env["KAFKA_BOOTSTRAP"])
-        return produce_all(prod, self.stack.env["KAFKA_TOPIC"], paths)
-
     # -- 1. many jobs --------------------------------------------------------------
 
     def many_jobs(self, count: int, files: int) -> dict[str, Any]:
@@ -726,10 +722,7 @@ class Bench:
         meter.start()
         load = load_average()
         t0 = time.time()
-        for key, value in values:
-            _produce(prod, topic, key, value, None)
-        if prod.flush(120):
-            raise RuntimeError("end to end: messages left undelivered")
+        produce_all(prod, topic, values)
         produced = time.time()
         done = self.watch.wait(names, "complete", self.args.timeout)
         cpu = meter.report()
@@ -810,12 +803,12 @@ def _produce(prod: Producer, topic: str, key: bytes, value: bytes, callback: Any
             prod.poll(0.01)
 
 
-def produce_all(prod: Producer, topic: str, paths: Sequence[str]) -> int:
-    for path in paths:
-        _produce(prod, topic, path.encode(), message(path), None)
+def produce_all(prod: Producer, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
+    """Produce already-encoded (key, value) messages and wait until all are acknowledged."""
+    for key, value in values:
+        _produce(prod, topic, key, value, None)
     if prod.flush(120):
         raise RuntimeError("messages left undelivered")
-    return len(paths)
 
 
 # --------------------------------------------------------------------------- running

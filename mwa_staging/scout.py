@@ -140,12 +140,12 @@ class ScoutClient:
                 max_connections=SCOUT_CONNECTIONS, max_keepalive_connections=SCOUT_CONNECTIONS
             ),
         )
-        # Few connections: httpcore checks every idle one on each request. Requests
-        # beyond them wait here, not in httpcore's pool: its
-        # queue is scanned against every connection each time one frees up, so
-        # thousands of jobs' stage calls at once made that scan most of the
-        # operator's CPU (issue 12, py-spy). Waiting for a slot is not counted in
-        # a request's time limit: it is our queue, not the archive's slowness.
+        # Few connections (httpcore checks every idle one on each request), and
+        # requests beyond them wait here, not in httpcore's pool, whose queue is
+        # scanned against every connection each time one frees up: with thousands
+        # of jobs' stage calls at once that scan was a third of the operator's CPU
+        # (issue 12, py-spy). The wait for a slot is not counted in a request's
+        # time limit: it is our queue, not the archive's slowness.
         self._slots = asyncio.Semaphore(SCOUT_CONNECTIONS)
         self._observe = observe or (lambda endpoint, outcome, seconds: None)
         self._sleep = sleep

@@ -20,7 +20,7 @@ import pytest
 
 from devstack.stack import Stack
 from tests.e2e.target import ExternalTarget, LocalTarget, Target, TargetError, is_external
-from tests.helpers import stack_dir
+from tests.helpers import running_stack
 
 #: Fixtures that are (or start) a local stack: a test using one needs process
 #: control or the stack's own database and Kafka, so it is marked ``local_only``.
@@ -57,15 +57,8 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """
     if is_external():
         pytest.skip(LOCAL_ONLY_REASON)
-    with stack_dir(request, "stack") as root:
-        the_stack = Stack(root, services=("operator", "kafka-bridge", "gateway"))
-        try:
-            the_stack.up()
-            yield the_stack
-        finally:
-            the_stack.down()
-        left = the_stack.leftovers()
-        assert not left, f"the stack left these behind after down(): {left}"
+    with running_stack(request, "stack", services=("operator", "kafka-bridge", "gateway")) as it:
+        yield it
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+
+from devstack.stack import Stack
 
 T = TypeVar("T")
 
@@ -35,11 +37,33 @@ def stack_dir(request: pytest.FixtureRequest, name: str) -> Iterator[Path]:
     """
     root = Path(tempfile.mkdtemp(prefix=f"mwa-staging-test-{name}-"))
     root.chmod(0o711)
-    yield root
-    if request.session.testsfailed:
-        print(f"\nkept the {name} stack's directory for inspection: {root}", file=sys.stderr)
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    raised = True  # the stack failed to start or stop: keep its logs
+    try:
+        yield root
+        raised = False
+    finally:
+        if raised or request.session.testsfailed:
+            print(f"\nkept the {name} stack's directory for inspection: {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_stack(request: pytest.FixtureRequest, name: str, **options: Any) -> Iterator[Stack]:
+    """A stack (``Stack(root, **options)``) in a :func:`stack_dir`, up for the ``with`` block.
+
+    It is stopped whatever happens (failure, Ctrl-C), and leaving the block fails if
+    any process or port of the stack is left behind after ``down()``.
+    """
+    with stack_dir(request, name) as root:
+        stack = Stack(root, **options)
+        try:
+            stack.up()
+            yield stack
+        finally:
+            stack.down()
+        left = stack.leftovers()
+        assert not left, f"the {name} stack left these behind after down(): {left}"
 
 
 def wait_for(

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import base64
 import ssl
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
-from devstack import build
+from devstack import build, procs
 from devstack.components import http
 from devstack.components.base import Component
 
@@ -163,18 +162,21 @@ class KubeApiserver(Component):
         for crd in crds:
             _until_ok(stack, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(crd))
 
+    def ports(self, stack: Stack) -> list[int]:
+        return [stack.port("kube-apiserver")]
+
 
 def _until_ok(stack: Stack, *args: str, seconds: float = 60.0) -> None:
     """``kubectl args`` until it succeeds: right after /readyz the API server can still
     answer 429 "storage is (re)initializing" for a moment (seen as a rare failed start)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = stack.kubectl(*args, check=False)
-        if result.returncode == 0:
-            return
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"kubectl {' '.join(args[:1])} failed: {result.stderr.strip()}")
-        time.sleep(0.5)  # the retry interval of a condition with a deadline
+    last: list[str] = []
 
-    def ports(self, stack: Stack) -> list[int]:
-        return [stack.port("kube-apiserver")]
+    def ok() -> bool:
+        result = stack.kubectl(*args, check=False)
+        last[:] = [result.stderr.strip()]
+        return result.returncode == 0
+
+    try:
+        procs.wait_until(ok, timeout=seconds, what=f"kubectl {args[0]}", interval=0.5)
+    except procs.ProcessError as exc:
+        raise RuntimeError(f"{exc}: {''.join(last)}") from None

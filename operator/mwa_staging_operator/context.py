@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Threads for the blocking Kubernetes client calls of the steps (Events, Secrets, deletes).
+KUBE_THREADS = 8
+
 
 class App:
     """The operator's clients and shared state (one per process)."""
@@ -56,8 +59,11 @@ class App:
             settings.status_write_concurrency,
             application_name="mwa-staging-operator-status",
         )
-        self.kube_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kube")
-        client = api_client(settings.kubeconfig, pool_maxsize=8 + settings.status_write_concurrency)
+        self.kube_executor = ThreadPoolExecutor(max_workers=KUBE_THREADS, thread_name_prefix="kube")
+        # One connection per thread that may call the API server at once.
+        client = api_client(
+            settings.kubeconfig, pool_maxsize=KUBE_THREADS + settings.status_write_concurrency
+        )
         self.jobs = StagingJobs(client)
         self.custom = CustomObjectsApi(client)
         self.core = CoreV1Api(client)

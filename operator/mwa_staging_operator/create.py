@@ -122,26 +122,36 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+def generation_of(body: Mapping[str, Any]) -> int:
+    """``metadata.generation`` (1 when absent)."""
+    return int(body["metadata"].get("generation") or 1)
+
+
+def ttl_of(body: Mapping[str, Any]) -> int | None:
+    """``spec.ttlSecondsAfterFinished``, the one field that may change after creation."""
+    ttl = body["spec"].get("ttlSecondsAfterFinished")
+    return None if ttl is None else int(ttl)
+
+
 def new_job(body: Mapping[str, Any], settings: Settings) -> jobs_queries.NewJob:
     """What is recorded for a StagingJob object, with the operator's defaults applied."""
     meta = body["metadata"]
     spec = body["spec"]
     callback = spec.get("callback") or {}
     secret = (callback.get("secretRef") or {}).get("name")
-    ttl = spec.get("ttlSecondsAfterFinished")
     return jobs_queries.NewJob(
         uid=meta["uid"],
         namespace=meta["namespace"],
         name=meta["name"],
         job_id=int(spec["jobId"]),
-        generation=int(meta.get("generation") or 1),
+        generation=generation_of(body),
         notify_url=str(callback.get("url", "")),
         callback_secret=secret or None,
         active_deadline_s=int(spec.get("activeDeadlineSeconds") or settings.job_expiry_time),
         restage_interval_s=int(
             spec.get("restageIntervalSeconds") or settings.file_restage_interval
         ),
-        ttl_after_finished_s=None if ttl is None else int(ttl),
+        ttl_after_finished_s=ttl_of(body),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +40,12 @@ class ObjectRef:
     namespace: str
     name: str
     uid: str
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ObjectRef:
+        """The reference of a StagingJob object (a kopf body or a watch event's dict)."""
+        meta = body["metadata"]
+        return cls(meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "")
 
 
 @dataclass(frozen=True)

@@ -44,20 +44,6 @@ from mwa_staging_operator.services import Services
 log = logging.getLogger(__name__)
 
 
-def _generation(body: Mapping[str, Any]) -> int:
-    return int(body["metadata"].get("generation") or 1)
-
-
-def _ttl(body: Mapping[str, Any]) -> int | None:
-    ttl = body["spec"].get("ttlSecondsAfterFinished")
-    return None if ttl is None else int(ttl)
-
-
-def _ref(body: Mapping[str, Any]) -> ObjectRef:
-    meta = body["metadata"]
-    return ObjectRef(meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "")
-
-
 class Intake:
     """Routes watch events to the create and TTL steps; one per operator process."""
 
@@ -88,7 +74,7 @@ class Intake:
         if body["metadata"].get("deletionTimestamp"):
             self._cancel_retry(uid)  # on.delete's business now
             return
-        if self._handled.get(uid) == _generation(body):
+        if self._handled.get(uid) == create.generation_of(body):
             return
         if FINALIZER not in (body["metadata"].get("finalizers") or ()):
             return
@@ -126,21 +112,22 @@ class Intake:
             if (
                 newer is None
                 or newer["metadata"].get("deletionTimestamp")
-                or self._handled.get(uid) == _generation(newer)
+                or self._handled.get(uid) == create.generation_of(newer)
             ):
                 return
             body = newer
 
     async def _work(self, uid: str, body: Mapping[str, Any]) -> float | None:
         """Create or resume, or store a TTL change; a retry delay on a database error."""
-        generation = _generation(body)
+        generation = create.generation_of(body)
         try:
             recorded = self._handled.get(uid)
             if recorded is None:
-                job = await create.handle_create(self._app, body)
-                recorded = job.generation if job is not None else generation
+                recorded = (await create.handle_create(self._app, body)).generation
             if generation > recorded:
-                await delete.handle_ttl_change(self._app, _ref(body), _ttl(body), generation)
+                await delete.handle_ttl_change(
+                    self._app, ObjectRef.of(body), create.ttl_of(body), generation
+                )
         except create.RetryLater as exc:
             log.warning("StagingJob %s: %s; trying again in %.0f s", uid, exc, exc.delay)
             return exc.delay

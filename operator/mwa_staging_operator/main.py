@@ -69,12 +69,6 @@ def _app(memo: Any) -> App:
     return runtime.app
 
 
-def _ref(body: kopf.Body) -> ObjectRef:
-    return ObjectRef(
-        body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or ""
-    )
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
@@ -111,7 +105,7 @@ async def on_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await delete.handle_delete(_app(memo), _ref(body))
+    await delete.handle_delete(_app(memo), ObjectRef.of(body))
 
 
 def run() -> None:

@@ -27,7 +27,7 @@ from devstack.components.node import import_images
 from devstack.images import ImageSet
 from devstack.stack import Stack
 from tests.e2e.target import FAST_ENV, is_external
-from tests.helpers import stack_dir
+from tests.helpers import running_stack
 
 RELEASE = "mwa-staging"
 NAMESPACE = "mwa-staging"
@@ -46,17 +46,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Stack]:
     if not host.is_root():
         pytest.fail("the cluster suite runs as root (containers, mounts, cgroups)", pytrace=False)
     sysctls = {name: host.read_sysctl(name) for name in host.KUBELET_SYSCTLS}
-    with stack_dir(request, "cluster") as root:
-        stack = Stack(root, node=True, apply_crds=False)
-        try:
-            stack.up()
-            yield stack
-        finally:
-            stack.down()
-        left = stack.leftovers()
-        assert not left, f"the node left these behind after down(): {left}"
-        after = {name: host.read_sysctl(name) for name in host.KUBELET_SYSCTLS}
-        assert after == sysctls, "the host's kernel settings were not restored"
+    with running_stack(request, "cluster", node=True, apply_crds=False) as stack:
+        yield stack
+    after = {name: host.read_sysctl(name) for name in host.KUBELET_SYSCTLS}
+    assert after == sysctls, "the host's kernel settings were not restored"
 
 
 @dataclass
