@@ -14,6 +14,11 @@ already knows how far each job has got, so kopf keeps only the finalizer and
   started that could be deleted without ``on.delete`` cancelling it, and the
   finalizer patch never races a status write of ours (a 422 and a retry);
 * a uid and generation this process has handled: nothing (a dict lookup);
+* an object whose job id another object seen earlier and not recorded yet also
+  uses: it waits (up to ``FIRST_SEEN_WAIT`` seconds) for that one to be recorded.
+  The first object seen with an id is the one that gets it, however the two were
+  made: a StagingJob made with kubectl waits for kopf's finalizer patch, while the
+  gateway's come with the finalizer already set and would otherwise overtake it;
 * first sight (a new object, or every object listed at start-up):
   :func:`mwa_staging_operator.create.handle_create`, which resumes from the
   row's state and does nothing for a job past its create steps; and if the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +48,11 @@ from mwa_staging_operator.events import ObjectRef
 from mwa_staging_operator.services import Services
 
 log = logging.getLogger(__name__)
+
+#: How long an object waits for an earlier one with its job id to be recorded (seconds).
+FIRST_SEEN_WAIT = 10.0
+#: How often such an object looks again (seconds).
+ORDER_POLL = 0.05
 
 
 class Intake:
@@ -54,6 +65,9 @@ class Intake:
         self._waiting: dict[str, Mapping[str, Any]] = {}  # uid -> newest body, for a retry
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Objects seen but not recorded yet, in the order seen, per (namespace, job id).
+        self._unrecorded: dict[tuple[str, Any], list[str]] = {}
+        self._seen: dict[str, tuple[float, tuple[str, Any]]] = {}  # uid -> (when, key)
 
     @property
     def known(self) -> int:
@@ -73,13 +87,19 @@ class Intake:
             return
         if body["metadata"].get("deletionTimestamp"):
             self._cancel_retry(uid)  # on.delete's business now
+            self._drop_seen(uid)
             return
         if self._handled.get(uid) == create.generation_of(body):
             return
+        if uid not in self._handled:
+            self._note_seen(uid, body)
         if FINALIZER not in (body["metadata"].get("finalizers") or ()):
             return
         if uid in self._running:
             self._waiting[uid] = body  # seen by the retry, or by the next event
+            return
+        if self._earlier_unrecorded(uid, body):
+            self._retry_later(uid, body, ORDER_POLL)
             return
         await self._handle(uid, body)
 
@@ -87,6 +107,39 @@ class Intake:
         """The object is gone: drop what is kept of it."""
         self._handled.pop(uid, None)
         self._cancel_retry(uid)
+        self._drop_seen(uid)
+
+    # -- first seen, first served ----------------------------------------------------
+
+    @staticmethod
+    def _id_key(body: Mapping[str, Any]) -> tuple[str, Any]:
+        return (body["metadata"].get("namespace", ""), body["spec"].get("jobId"))
+
+    def _note_seen(self, uid: str, body: Mapping[str, Any]) -> None:
+        if uid in self._seen:
+            return
+        key = self._id_key(body)
+        self._seen[uid] = (time.monotonic(), key)
+        self._unrecorded.setdefault(key, []).append(uid)
+
+    def _earlier_unrecorded(self, uid: str, body: Mapping[str, Any]) -> bool:
+        """An object seen before this one, with its job id, is still to be recorded."""
+        seen = self._unrecorded.get(self._id_key(body), [])
+        if not seen or seen[0] == uid or uid not in seen:
+            return False
+        now = time.monotonic()
+        return any(
+            now - self._seen[other][0] < FIRST_SEEN_WAIT for other in seen[: seen.index(uid)]
+        )
+
+    def _drop_seen(self, uid: str) -> None:
+        entry = self._seen.pop(uid, None)
+        if entry is None:
+            return
+        seen = self._unrecorded[entry[1]]
+        seen.remove(uid)
+        if not seen:
+            del self._unrecorded[entry[1]]
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -132,6 +185,7 @@ class Intake:
             log.warning("StagingJob %s: %s; trying again in %.0f s", uid, exc, exc.delay)
             return exc.delay
         self._handled[uid] = generation
+        self._drop_seen(uid)
         return None
 
     def _retry_later(self, uid: str, body: Mapping[str, Any], delay: float) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from mwa_staging_operator import create, delete
+from mwa_staging_operator import intake as intake_module
 from mwa_staging_operator.intake import Intake
 
 from mwa_staging.kube import FINALIZER
@@ -151,3 +152,56 @@ def test_deletion_cancels_a_pending_retry_and_gone_objects_are_forgotten(
     asyncio.run(scenario())
     assert [b["metadata"]["uid"] for b in steps.creates] == ["u1", "u2"]
     assert intake.known == 0
+
+
+def test_the_first_object_seen_with_a_job_id_is_recorded_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kubectl's object waits for kopf's finalizer; the gateway's (made with it) must wait too."""
+    steps = Steps(monkeypatch)
+    intake = Intake(None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await intake.on_event("ADDED", body("kubectl", finalizers=[]))
+        await intake.on_event("ADDED", body("gateway"))  # same job id, finalizer already set
+        assert steps.creates == []
+        await intake.on_event("MODIFIED", body("kubectl"))  # kopf's finalizer patch
+        await until(lambda: intake.known == 2)
+        await intake.stop()
+
+    asyncio.run(scenario())
+    assert [b["metadata"]["uid"] for b in steps.creates] == ["kubectl", "gateway"]
+
+
+def test_an_earlier_object_deleted_or_stuck_does_not_hold_the_job_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = Steps(monkeypatch)
+    monkeypatch.setattr(intake_module, "FIRST_SEEN_WAIT", 0.2)
+    intake = Intake(None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        await intake.on_event("ADDED", body("deleted", finalizers=[]))
+        await intake.on_event("ADDED", body("stuck", finalizers=[]))
+        await intake.on_event("ADDED", body("later"))
+        await intake.on_event("DELETED", body("deleted", finalizers=[]))
+        assert steps.creates == []  # "stuck" was seen first and is not recorded yet
+        await until(lambda: intake.known == 1)  # after FIRST_SEEN_WAIT, no longer
+        await intake.stop()
+
+    asyncio.run(scenario())
+    assert [b["metadata"]["uid"] for b in steps.creates] == ["later"]
+
+
+def test_other_job_ids_do_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = Steps(monkeypatch)
+    intake = Intake(None)  # type: ignore[arg-type]
+    other = body("other")
+    other["spec"]["jobId"] = 2
+
+    async def scenario() -> None:
+        await intake.on_event("ADDED", body("waiting", finalizers=[]))
+        await intake.on_event("ADDED", other)
+
+    asyncio.run(scenario())
+    assert [b["metadata"]["uid"] for b in steps.creates] == ["other"]
