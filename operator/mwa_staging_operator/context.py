@@ -27,6 +27,7 @@ from mwa_staging.db.completion import JOB_COMPLETED_CHANNEL
 from mwa_staging.db.migrate import migrate
 from mwa_staging.kube import StagingJobs, api_client
 from mwa_staging.projection import write_status
+from mwa_staging.resolve import DATA_FILES_CONNECTIONS, data_files_client
 from mwa_staging.scout import ScoutClient
 from mwa_staging.settings import Settings
 from mwa_staging_operator import metrics
@@ -71,7 +72,8 @@ class App:
         self.events = EventRecorder(self.core, self.kube_executor, instance)
         self.scout = ScoutClient(settings, observe=metrics.observe_scout)
         # The data_files service (the only other plain HTTP client of the operator).
-        self.http = httpx.AsyncClient(follow_redirects=False, verify=settings.data_files_verify())
+        self.http = data_files_client(settings)
+        self.data_files_slots = asyncio.Semaphore(DATA_FILES_CONNECTIONS)
         self.callback_http = httpx.AsyncClient(
             verify=settings.callback_verify(),
             follow_redirects=False,

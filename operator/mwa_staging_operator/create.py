@@ -410,4 +410,5 @@ async def _resolve(app: Services, job: JobRow, spec: Mapping[str, Any]) -> list[
         int(obs["obsId"]),
         obs.get("startTime"),
         obs.get("duration"),
+        slots=app.data_files_slots,
     )

@@ -40,6 +40,8 @@ class Services(Protocol):
     events: EventRecorder
     scout: ScoutClient
     http: httpx.AsyncClient  # the data_files lookup
+    #: Bounds the data_files lookups in flight (``resolve.DATA_FILES_CONNECTIONS``).
+    data_files_slots: asyncio.Semaphore
     callback_http: httpx.AsyncClient
     limiter: SlidingWindowLimiter
     #: Paces the restage passes' file-status queries (``scout_status_rate_per_second``).

@@ -141,3 +141,45 @@ def test_lookup_recovers_and_sends_window() -> None:
     query = dict(calls[-1].url.params)
     assert query["mintime"] == "1234567900" and query["maxtime"] == "1234567908"
     assert query["location"] == "3" and query["obs_id"] == "1234567890"
+
+
+def test_lookups_in_flight_are_bounded_by_the_slots_and_none_is_held_while_pausing() -> None:
+    """Thousands of observation jobs at once: the shared service sees a bounded load."""
+    in_flight = 0
+    most = 0
+    answered: dict[str, int] = {}
+    body = json.dumps({"x.fits": {"bucket": "b", "folder": "f"}})
+    answers_during_pause: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.005)  # the service taking its time, so that requests would overlap
+        in_flight -= 1
+        obs = request.url.params["obs_id"]
+        answered[obs] = answered.get(obs, 0) + 1
+        if obs == "7" and answered[obs] == 1:
+            return httpx.Response(503)  # this lookup retries: its pause must free its slot
+        return httpx.Response(200, content=body)
+
+    async def pause(_: float) -> None:
+        before = sum(answered.values())
+        await asyncio.sleep(0.05)  # the retry pause; the others go on meanwhile
+        answers_during_pause.append(sum(answered.values()) - before)
+
+    async def go() -> list[list[str]]:
+        slots = asyncio.Semaphore(1)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await asyncio.gather(
+                *(
+                    resolve_observation(client, _settings(), obs, sleep=pause, slots=slots)
+                    for obs in range(1, 21)
+                )
+            )
+
+    results = asyncio.run(go())
+    assert all(paths == ["mwa/b/f/x.fits"] for paths in results)
+    assert most == 1
+    assert answered["7"] == 2
+    assert len(answers_during_pause) == 1 and answers_during_pause[0] > 0

@@ -141,6 +141,7 @@ class FakeApp:
         )
         self.limiter = SlidingWindowLimiter(self.settings.callback_rate_per_minute, 60.0)
         self.status_pacer = Pacer(self.settings.scout_status_rate_per_second)
+        self.data_files_slots = asyncio.Semaphore(2)
         self.projection_busy = False
         self.wake_event = asyncio.Event()
         self.wakes = 0
