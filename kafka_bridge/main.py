@@ -63,12 +63,15 @@ def run() -> None:
     finally:
         conn.close()
 
-    jobs = kube.StagingJobs(kube.api_client(settings.kubeconfig))
+    writers = settings.bridge_completion_writers
+    # The projector thread and its completion writers share one API client.
+    jobs = kube.StagingJobs(kube.api_client(settings.kubeconfig, pool_maxsize=writers + 1))
     projector = Projector(
         dsn,
         jobs,
         min_interval_s=settings.bridge_patch_interval_ms / 1000.0,
         patch_rate=settings.bridge_patch_rate,
+        writers=writers,
     )
     projector.start()
 

@@ -15,6 +15,12 @@ completed to :meth:`Projector.wake`, and this thread patches them before
 anything else, also in the middle of a round of coalesced progress patches (a
 burst touching many jobs makes rounds of many API calls). A job's Complete
 status is thus one status patch after its batch committed, not one round.
+Completions are written ``writers`` at a time (``BRIDGE_COMPLETION_WRITERS``),
+each writer with its own database connection: a write holds its job's lock
+while the API server answers, and one at a time the projector managed a few
+dozen completions a second on a loaded machine, so with thousands of jobs
+finishing together their Complete status trailed the database by minutes
+(issue 12's 5,000-job run).
 
 Progress patches are also bounded all jobs together: with ``patch_rate`` per
 second and N dirty jobs, each job waits ``max(min_interval, N / patch_rate)``
@@ -26,8 +32,10 @@ which on a small machine is CPU the database and the consumer need.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 from psycopg2.extensions import connection as Connection
@@ -70,9 +78,18 @@ class Projector(threading.Thread):
         *,
         min_interval_s: float,
         patch_rate: float | None = None,
+        writers: int = 1,
     ) -> None:
         super().__init__(name="projector", daemon=True)
         self._jobs = jobs
+        self._writers = max(1, writers)
+        # The completion writers' connections (the thread's own is for its queries).
+        self._writer_conns: queue.SimpleQueue[KeptConnection] = queue.SimpleQueue()
+        for _ in range(self._writers):
+            self._writer_conns.put(
+                KeptConnection(dsn, application_name="mwa-kafka-bridge-projector")
+            )
+        self._pool = ThreadPoolExecutor(self._writers, thread_name_prefix="projector-write")
         self._min_interval = min_interval_s
         self._patch_rate = patch_rate
         self._interval = min_interval_s  # the coalescing interval of this pass
@@ -117,7 +134,10 @@ class Projector(threading.Thread):
             # Failing: back off, and do not let the consumer's wake-ups shorten it.
             self._stopping.wait(next(self._delays))
             self._wake.clear()
+        self._pool.shutdown(wait=True)
         self._conn.drop()
+        while not self._writer_conns.empty():
+            self._writer_conns.get().drop()
 
     def _on_outcome(self, outcome: Outcome) -> None:
         metrics.PATCHES.labels(_outcome_label(outcome)).inc()
@@ -128,6 +148,22 @@ class Projector(threading.Thread):
         outcome = write_status(conn, self._jobs, job_pk)
         self._on_outcome(outcome)
         return outcome.patched
+
+    def _write_with_own_connection(self, job_pk: int) -> Outcome:
+        """One completion, on a writer's connection (run in the writers' pool)."""
+        kept = self._writer_conns.get()
+        try:
+            return write_status(kept.get(), self._jobs, job_pk)
+        except psycopg2.Error:
+            kept.drop()
+            raise
+        finally:
+            self._writer_conns.put(kept)
+
+    def _write_completions(self, job_pks: list[int]) -> None:
+        """Write these jobs' status, ``writers`` at a time; the first error is raised."""
+        for outcome in self._pool.map(self._write_with_own_connection, job_pks):
+            self._on_outcome(outcome)
 
     def _project_urgent(self, conn: Connection) -> None:
         """Patch the jobs completed since the last call whose status is still behind."""
@@ -140,8 +176,7 @@ class Projector(threading.Thread):
             with conn.cursor() as cur:
                 due = status_queries.still_dirty(cur, urgent)
             conn.commit()
-            for job_pk in due:
-                self._write(conn, job_pk)
+            self._write_completions(due)
         except Exception:
             with self._lock:  # not lost: retried first after the backoff
                 self._urgent.update(urgent)

@@ -197,6 +197,14 @@ class Settings(BaseSettings):
         description="At most one progress status patch per job per this interval (a person"
         " watching sees no more than one change a second; completions are patched at once).",
     )
+    bridge_completion_writers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Completion status patches the bridge makes at once, each with its own"
+        " PostgreSQL connection (with thousands of jobs finishing together, one at a time"
+        " left their Complete status minutes behind the database).",
+    )
     bridge_patch_rate: float = Field(
         default=10.0,
         gt=0,

@@ -163,6 +163,18 @@ def test_restage_rate_reaches_the_operator() -> None:
     assert refused.returncode != 0 and "statusRatePerSecond" in refused.stderr, refused.stderr
 
 
+def test_completion_writers_reach_the_bridge() -> None:
+    default = by_name(render("default"), "Deployment", "bridge")
+    env = {e["name"]: e for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BRIDGE_COMPLETION_WRITERS"]["value"] == "4"
+    docs = chart.render({"bridge": {"completionWriters": 2}})
+    bridge = by_name(docs, "Deployment", "bridge")
+    env = {e["name"]: e for e in bridge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BRIDGE_COMPLETION_WRITERS"]["value"] == "2"
+    refused = run_helm("template", "x", str(CHART), "--set", "bridge.completionWriters=0")
+    assert refused.returncode != 0 and "completionWriters" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
