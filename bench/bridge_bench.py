@@ -321,11 +321,11 @@ def run(args: argparse.Namespace, stack: Stack | None = None) -> dict[str, Any]:
         stack = Stack(root, services=(), durable_db=True)
         _log(f"starting a bridge-only stack in {root} (Kafka listener {listener})")
     load_at_start = load_average()
-    if own:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
-            stack.up()
-            stack.spawn("kafka-bridge", "kafka-bridge", bridge_env(stack, listener))
     try:
+        if own:  # inside the try: a failed start is torn down too
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON alone
+                stack.up()
+                stack.spawn("kafka-bridge", "kafka-bridge", bridge_env(stack, listener))
         dsn, kubeconfig = stack.env["DATABASE_URL"], stack.env["KUBECONFIG"]
         # The bridge answers /healthz before its migrations are done; the preload needs them.
         conn = connect(dsn, application_name="bench-migrate")

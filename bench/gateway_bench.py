@@ -177,9 +177,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     stack = Stack(root, services=("operator", "kafka-bridge", "gateway"))
     _log(f"starting a stack in {root}")
-    with contextlib.redirect_stdout(sys.stderr):
-        stack.up()
     try:
+        with contextlib.redirect_stdout(sys.stderr):
+            stack.up()  # inside the try: a failed start is torn down too
         watcher = Watcher(stack, args.timeout)
         base = int(time.time()) % 10**6 * 1000
         _log("warm-up: one 100-file job")

@@ -831,14 +831,14 @@ def run(args: argparse.Namespace, stack: Stack | None = None) -> dict[str, Any]:
         stack = Stack(root, services=("kafka-bridge",), durable_db=True)
         _log(f"starting a stack in {root}")
     load_at_start = load_average()
-    with contextlib.redirect_stdout(sys.stderr):
-        if own:
-            stack.up()
-        if stack.is_running("operator"):
-            stack.stop("operator")
-        stack.kubectl("create", "namespace", NAMESPACE, check=False)
-        stack.spawn(OPERATOR, "operator", operator_env(args))
     try:
+        with contextlib.redirect_stdout(sys.stderr):
+            if own:
+                stack.up()  # inside the try: a failed start is torn down too
+            if stack.is_running("operator"):
+                stack.stop("operator")
+            stack.kubectl("create", "namespace", NAMESPACE, check=False)
+            stack.spawn(OPERATOR, "operator", operator_env(args))
         bench = Bench(stack, args)
         bench.watch.start()
         out: dict[str, Any] = {
