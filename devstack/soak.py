@@ -688,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
             umount = subprocess.run(["umount", str(disk)], capture_output=True, text=True)
             if umount.returncode != 0:
                 left.append(f"tmpfs {disk}: {umount.stderr.strip()}")
+        if result.get("problems"):  # the logs outlive the stack, for the replay's reader
+            kept = Path(tempfile.mkdtemp(prefix="mwa-soak-logs-"))
+            with contextlib.suppress(OSError):
+                shutil.copytree(root / "logs", kept / "logs")
+                result["logs_kept"] = str(kept / "logs")
         shutil.rmtree(root, ignore_errors=True)
         if root.exists():
             left.append(f"directory {root}")
