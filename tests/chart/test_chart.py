@@ -94,6 +94,11 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def container_env(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The first container's env entries of a rendered workload, by name."""
+    return {e["name"]: e for e in workload["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def by_name(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
     matches = [d for d in of_kind(docs, kind) if d["metadata"]["name"].endswith(suffix)]
     assert len(matches) == 1, f"expected one {kind} named *{suffix}, got {matches}"
@@ -138,13 +143,13 @@ def test_production_example() -> None:
     ]
     assert servers == [f"vss-{i}" for i in range(1, 7)]
     bridge = by_name(docs, "Deployment", "bridge")
-    env = {e["name"]: e for e in bridge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(bridge)
     assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
     assert env["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mwa-staging-kafka"
     assert env["KAFKA_CA"]["value"].startswith("/etc/mwa-staging/")
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "mwa-staging-db"
     operator = by_name(docs, "Deployment", "operator")
-    op_env = {e["name"]: e for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    op_env = container_env(operator)
     assert op_env["SCOUT_URL"]["value"].startswith("https://")
     assert "SCOUT_CA_FILE" in op_env
     assert op_env["SCOUT_API_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mwa-staging-scout"
@@ -153,11 +158,11 @@ def test_production_example() -> None:
 def test_restage_rate_reaches_the_operator() -> None:
     """The archive's file-status budget is a chart value, not only an env var."""
     default = by_name(render("default"), "Deployment", "operator")
-    env = {e["name"]: e for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(default)
     assert env["SCOUT_STATUS_RATE_PER_SECOND"]["value"] == "100"
     docs = chart.render({"scout": {"statusRatePerSecond": 2.5}})
     operator = by_name(docs, "Deployment", "operator")
-    env = {e["name"]: e for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(operator)
     assert env["SCOUT_STATUS_RATE_PER_SECOND"]["value"] == "2.5"
     refused = run_helm("template", "x", str(CHART), "--set", "scout.statusRatePerSecond=0")
     assert refused.returncode != 0 and "statusRatePerSecond" in refused.stderr, refused.stderr
@@ -165,11 +170,11 @@ def test_restage_rate_reaches_the_operator() -> None:
 
 def test_completion_writers_reach_the_bridge() -> None:
     default = by_name(render("default"), "Deployment", "bridge")
-    env = {e["name"]: e for e in default["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(default)
     assert env["BRIDGE_COMPLETION_WRITERS"]["value"] == "4"
     docs = chart.render({"bridge": {"completionWriters": 2}})
     bridge = by_name(docs, "Deployment", "bridge")
-    env = {e["name"]: e for e in bridge["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = container_env(bridge)
     assert env["BRIDGE_COMPLETION_WRITERS"]["value"] == "2"
     refused = run_helm("template", "x", str(CHART), "--set", "bridge.completionWriters=0")
     assert refused.returncode != 0 and "completionWriters" in refused.stderr, refused.stderr
